@@ -1,0 +1,62 @@
+"""3D segmentation networks of the downstream bundles, chosen by one config key (``arch``).
+
+All three are MONAI's own networks; this module only fixes the configurations the papers fine-tune:
+
+* ``swin_unetr``: Swin UNETR (Hatamizadeh et al. 2022), ``feature_size`` 48 as in the BTCV fine-tuning
+  of Tang et al. (CVPR 2022); the encoder HySparK / MiM transfer into.
+* ``unetr``: UNETR (Hatamizadeh et al. 2022) on a ViT-B/16 (hidden 768, MLP 3072, 12 heads, 12 layers,
+  patch 16), ``feature_size`` 16; the encoder GL-MAE / MAE3D transfer into.
+* ``mednext``: MedNeXt (Roy et al. 2023), the CNN of HySparK, variant given by ``mednext_variant``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.networks.nets import UNETR, SwinUNETR
+from monai.networks.nets.mednext import create_mednext
+from torch import nn
+
+SEGMENTATION_ARCHS = ("swin_unetr", "unetr", "mednext")
+
+
+def segmentation_network(
+    arch: str = "swin_unetr",
+    in_channels: int = 1,
+    out_channels: int = 14,
+    roi_size: Sequence[int] = (96, 96, 96),
+    feature_size: int | None = None,
+    mednext_variant: str = "S",
+) -> nn.Module:
+    """Build the segmentation network named by ``arch``.
+
+    Args:
+        arch: one of :data:`SEGMENTATION_ARCHS`.
+        in_channels: input channels (1 for CT).
+        out_channels: classes including background (14 for BTCV).
+        roi_size: training crop / sliding-window size; UNETR needs it (its position embedding is fixed).
+        feature_size: width of Swin UNETR / UNETR (paper defaults 48 / 16 when ``None``); MedNeXt's
+            width is fixed by its variant (32).
+        mednext_variant: MedNeXt size, ``S``, ``B``, ``M`` or ``L`` (kernel 3).
+
+    Returns:
+        A network mapping ``(B, in_channels, *roi_size)`` to logits ``(B, out_channels, *roi_size)``.
+    """
+    if arch == "swin_unetr":
+        return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size or 48)
+    if arch == "unetr":
+        return UNETR(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            img_size=tuple(roi_size),
+            feature_size=feature_size or 16,
+            hidden_size=768,
+            mlp_dim=3072,
+            num_heads=12,
+            proj_type="conv",
+            norm_name="instance",
+            res_block=True,
+        )
+    if arch == "mednext":
+        return create_mednext(mednext_variant, spatial_dims=3, in_channels=in_channels, out_channels=out_channels)
+    raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {SEGMENTATION_ARCHS}")

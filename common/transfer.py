@@ -1,0 +1,112 @@
+"""Pre-trained weights -> downstream networks.
+
+:func:`load_pretrained` reads a checkpoint, finds its state dict, matches tensors to the network by
+name and shape, loads what matches and reports the rest. Later sources (self-supervised encoders,
+the papers' official checkpoints) plug in as key-renaming rules, not as new loaders.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# Keys under which training frameworks nest the weights; tried in this order.
+STATE_DICT_KEYS = ("model", "state_dict", "network", "net")
+# Prefixes added by wrappers (DistributedDataParallel, torch.compile); stripped before matching.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass
+class TransferReport:
+    """What :func:`load_pretrained` did: tensor names in each category."""
+
+    matched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatch: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.matched)} tensors matched, {len(self.missing)} missing in the checkpoint, "
+            f"{len(self.unexpected)} unexpected, {len(self.shape_mismatch)} with a different shape"
+        )
+
+
+def extract_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
+    """Return the tensor dict inside ``checkpoint``: itself, or the first of :data:`STATE_DICT_KEYS` it holds.
+
+    Wrapper prefixes (:data:`WRAPPER_PREFIXES`) are stripped from the names.
+    """
+    for key in STATE_DICT_KEYS:
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    state = {}
+    for name, value in checkpoint.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+        state[name] = value
+    return state
+
+
+def load_pretrained(
+    network: nn.Module,
+    path: str | Path,
+    *,
+    exclude: Sequence[str] = (),
+    map_location: str | torch.device = "cpu",
+) -> TransferReport:
+    """Load the tensors of a checkpoint into ``network`` where names and shapes match, and report the rest.
+
+    Args:
+        network: the network to initialise (modified in place).
+        path: a ``.pt`` checkpoint: a plain state dict, or a dict holding one under a key of
+            :data:`STATE_DICT_KEYS` (as the bundles' ``CheckpointSaver`` writes full training states).
+        exclude: name prefixes never loaded (e.g. ``("out.",)`` to re-initialise a segmentation head).
+        map_location: where to load the tensors.
+
+    Returns:
+        A :class:`TransferReport`; its summary is also logged.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the checkpoint holds no tensors, or none of them matches the network.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pre-trained checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    source = extract_state_dict(checkpoint)
+    if not source:
+        raise ValueError(f"{path} holds no tensors (looked at the top level and under {STATE_DICT_KEYS})")
+
+    target = network.state_dict()
+    report = TransferReport()
+    loadable = {}
+    for name, tensor in source.items():
+        if name.startswith(tuple(exclude)) or name not in target:
+            report.unexpected.append(name)
+        elif target[name].shape != tensor.shape:
+            report.shape_mismatch.append(f"{name}: checkpoint {tuple(tensor.shape)} vs network {tuple(target[name].shape)}")
+        else:
+            loadable[name] = tensor
+            report.matched.append(name)
+    report.missing = [name for name in target if name not in loadable]
+    if not loadable:
+        raise ValueError(
+            f"no tensor of {path} matches {type(network).__name__}: {report.summary()}; "
+            f"first checkpoint names: {list(source)[:5]}, first network names: {list(target)[:5]}"
+        )
+    network.load_state_dict(loadable, strict=False)
+    logger.info("loaded %s into %s: %s", path, type(network).__name__, report.summary())
+    return report

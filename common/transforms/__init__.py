@@ -1,0 +1,18 @@
+"""CT intensity presets and the standard MONAI transform pipelines of the collection."""
+
+from common.transforms.ct import CT_WINDOWS, ct_window
+from common.transforms.segmentation import (
+    segmentation_inference_transforms,
+    segmentation_postprocessing,
+    segmentation_train_transforms,
+    segmentation_val_transforms,
+)
+
+__all__ = [
+    "CT_WINDOWS",
+    "ct_window",
+    "segmentation_inference_transforms",
+    "segmentation_postprocessing",
+    "segmentation_train_transforms",
+    "segmentation_val_transforms",
+]

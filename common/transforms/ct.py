@@ -1,0 +1,36 @@
+"""CT intensity presets used by the papers of the collection (see DESIGN.md, "Data conventions").
+
+Each preset maps a Hounsfield-unit interval linearly to ``[0, 1]`` and clips outside it:
+
+========================  ================  ==================================================
+preset                    HU interval       used by
+========================  ================  ==================================================
+``abdomen``               -175 .. 250       HySparK, SparK-3D, BTCV fine-tuning (Swin UNETR)
+``wide``                  -1000 .. 1000     MiM and GL-MAE pre-training
+``full``                  -1024 .. 3071     the 2D slice study (12-bit range, no windowing)
+========================  ================  ==================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.transforms import ScaleIntensityRanged
+
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "abdomen": (-175.0, 250.0),
+    "wide": (-1000.0, 1000.0),
+    "full": (-1024.0, 3071.0),
+}
+
+
+def ct_window(keys: str | Sequence[str], preset: str = "abdomen") -> ScaleIntensityRanged:
+    """Map the HU interval of ``preset`` (a key of :data:`CT_WINDOWS`) to ``[0, 1]``, clipping outside.
+
+    Raises:
+        ValueError: ``preset`` is not a known preset (the message lists the known ones).
+    """
+    if preset not in CT_WINDOWS:
+        raise ValueError(f"unknown CT window preset {preset!r}; known presets: {sorted(CT_WINDOWS)}")
+    a_min, a_max = CT_WINDOWS[preset]
+    return ScaleIntensityRanged(keys=keys, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)
