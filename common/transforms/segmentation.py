@@ -20,7 +20,6 @@ from monai.transforms import (
     CropForegroundd,
     EnsureTyped,
     Invertd,
-    LoadImaged,
     Orientationd,
     RandCropByPosNegLabeld,
     RandFlipd,
@@ -32,6 +31,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from common.data import image_loader
 from common.transforms.ct import ct_window
 
 IMAGE_LABEL = ("image", "label")
@@ -41,7 +41,7 @@ def _load_and_resample(keys: Sequence[str], pixdim: Sequence[float], window: str
     """Read (NIfTI or DICOM series), orient to RAS, resample to ``pixdim`` and window the image."""
     modes = ["bilinear" if k == "image" else "nearest" for k in keys]
     return [
-        LoadImaged(keys=keys, ensure_channel_first=True),
+        image_loader(keys),
         EnsureTyped(keys=keys, dtype="float32"),
         Orientationd(keys=keys, axcodes="RAS"),
         Spacingd(keys=keys, pixdim=pixdim, mode=modes),

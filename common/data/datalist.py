@@ -1,0 +1,751 @@
+"""Datalists from an MSD ``dataset.json``, a folder of NIfTI, or a folder of DICOM series.
+
+A datalist is what MONAI datasets take: a list of dicts ``{"image": ..., "label": ...}`` with absolute
+paths, ``"label"`` only where a label exists. :func:`load_datalist` accepts any of the three sources
+and checks what it can cheaply before a run starts (files exist, NIfTI headers are 3D and labels
+match their images, DICOM slices form consistent volumes), so that a broken case fails with a
+:class:`DatalistError` naming the file instead of crashing a data-loader worker hours later.
+
+DICOM: one series is one volume. A series entry is ``{"image": [slice files, sorted along the slice
+normal]}``: MONAI's own readers cannot pick one series out of a folder that mixes several (its
+:class:`~monai.data.PydicomReader` merges every file of a folder, and reads a list of files as a
+stack of 2D channels), so entries list their files and :class:`DicomSeriesReader` reads such a list as
+one 3D volume. Load datalist entries with :func:`image_loader`, which registers that reader::
+
+    loader = image_loader(["image", "label"])   # LoadImaged(..., ensure_channel_first=True) + DicomSeriesReader
+    volume = loader(datalist[0])["image"]         # (1, X, Y, Z) MetaTensor, RAS affine, HU for DICOM
+
+:func:`split_datalist` makes deterministic train/validation splits: k-fold, an explicit validation
+list, or a 20 % hold-out, then a nested fraction of the training part for label-efficiency studies.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import struct
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from monai.data import ImageReader, load_decathlon_datalist
+from monai.data.utils import affine_to_spacing
+from monai.transforms import LoadImaged
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+# key -> (image folder, label folder) of the MSD / nnU-Net layout
+MSD_FOLDERS = {"training": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
+NIFTI_TRIED = "NIfTI (*.nii.gz, *.nii) in imagesTr/ + labelsTr/, imagesTs/, images/ + labels/, or the folder itself"
+DICOM_TRIED = "DICOM (files with the DICM preamble or a .dcm/.dicom/.ima suffix, in the folder and all sub-folders)"
+HOLDOUT_FRACTION = 0.2
+# tags a DICOM file needs to be one slice of a volume
+SLICE_TAGS = ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class DatalistError(ValueError):
+    """A datalist source is missing, empty, unreadable or inconsistent; the message names the path."""
+
+
+class _UnreadableFileError(Exception):
+    """A file that cannot be read (corrupt, truncated, not the format it claims to be)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"unreadable file {path}: {reason}")
+
+
+def _skip_or_raise(error: _UnreadableFileError, skip_unreadable: bool) -> None:
+    """Log that an unreadable file is skipped, or raise a DatalistError naming it."""
+    if not skip_unreadable:
+        raise DatalistError(f"{error} (pass skip_unreadable=True to skip such files with a warning)") from error
+    logger.warning("skipping %s", error)
+
+
+# ----------------------------------------------------------------------------------------- sources
+
+
+def load_datalist(
+    source: str | os.PathLike,
+    key: str = "training",
+    label_folder: str | os.PathLike | None = None,
+    skip_unreadable: bool = False,
+) -> list[dict]:
+    """Datalist from any supported source, chosen by what ``source`` is.
+
+    Args:
+        source: a ``.json`` file (MSD datalist, see :func:`datalist_from_msd`); or a folder holding a
+            ``dataset.json`` (same); or a folder of NIfTI (:func:`datalist_from_nifti_folder`); or a
+            folder of DICOM series (:func:`datalist_from_dicom_folder`), tried in this order.
+        key: the split to read: a key of the ``dataset.json``, or ``"training"`` / ``"test"`` for the
+            ``imagesTr`` / ``imagesTs`` folder layout. Folders without splits return all their images.
+        label_folder: labels of a flat NIfTI folder (NIfTI sources only).
+        skip_unreadable: skip corrupt or truncated files with a logged warning instead of raising.
+
+    Returns:
+        the datalist: a list of ``{"image": ..., "label": ...}`` dicts with absolute paths.
+
+    Raises:
+        DatalistError: ``source`` is missing or holds no images (the message lists what was tried),
+            or any error of the reader it dispatches to.
+    """
+    path = _absolute(source)
+    json_path = _msd_json(path)
+    if json_path is not None:
+        _reject_label_folder(label_folder, path)
+        return datalist_from_msd(json_path, key, skip_unreadable)
+    if not path.is_dir():
+        raise DatalistError(f"{path} does not exist; expected a dataset.json or a folder of NIfTI or DICOM")
+    if _holds_nifti(path):
+        return datalist_from_nifti_folder(path, label_folder, key, skip_unreadable)
+    _reject_label_folder(label_folder, path)
+    return _dicom_datalist(path, skip_unreadable, tried=f"dataset.json, {NIFTI_TRIED}, {DICOM_TRIED}")
+
+
+def training_split(
+    source: str | os.PathLike,
+    *,
+    fold: int | None = None,
+    num_folds: int = 5,
+    train_fraction: float = 1.0,
+    seed: int = 0,
+    label_folder: str | os.PathLike | None = None,
+    skip_unreadable: bool = False,
+) -> tuple[list[dict], list[dict]]:
+    """``(train, validation)`` of a dataset: its ``"training"`` datalist split by :func:`split_datalist`.
+
+    A ``dataset.json`` with a ``"validation"`` list supplies the validation cases, unless ``fold`` asks
+    for cross-validation over the ``"training"`` list (the validation list is then unused); without
+    either, 20 % of the training cases are held out.
+
+    Args:
+        source: anything :func:`load_datalist` accepts.
+        fold, num_folds, train_fraction, seed: as in :func:`split_datalist`.
+        label_folder, skip_unreadable: as in :func:`load_datalist`.
+
+    Returns:
+        the training and validation datalists.
+
+    Raises:
+        DatalistError: from :func:`load_datalist` or :func:`split_datalist`.
+    """
+    datalist = load_datalist(source, "training", label_folder, skip_unreadable)
+    json_path = _msd_json(_absolute(source))
+    validation = None
+    if fold is None and json_path is not None and "validation" in _json_keys(json_path):
+        validation = datalist_from_msd(json_path, "validation", skip_unreadable)
+    return split_datalist(
+        datalist, validation=validation, fold=fold, num_folds=num_folds, train_fraction=train_fraction, seed=seed
+    )
+
+
+def inference_datalist(source: str | os.PathLike, key: str = "test", skip_unreadable: bool = False) -> list[dict]:
+    """Images to run inference on: ``[{"image": ...}, ...]`` (labels, if any, are left out).
+
+    Args:
+        source: one NIfTI file, or anything :func:`load_datalist` accepts (a ``dataset.json`` is read
+            at ``key``; a folder with imagesTr/imagesTs reads ``imagesTs``; other folders give all
+            their images or DICOM series).
+        key: the split to read where the source has splits.
+        skip_unreadable: as in :func:`load_datalist`.
+
+    Returns:
+        the datalist.
+
+    Raises:
+        DatalistError: as :func:`load_datalist`; a single file that is neither NIfTI nor ``.json``.
+    """
+    path = _absolute(source)
+    if path.is_file() and _is_nifti(str(path)):
+        return [{"image": str(path)}] if _checked_nifti_pair(str(path), None, skip_unreadable) else []
+    return [{"image": entry["image"]} for entry in load_datalist(path, key, skip_unreadable=skip_unreadable)]
+
+
+def datalist_from_msd(json_path: str | os.PathLike, key: str = "training", skip_unreadable: bool = False) -> list[dict]:
+    """Datalist from an MSD-style ``dataset.json``, read with :func:`monai.data.load_decathlon_datalist`.
+
+    Relative paths are resolved against the folder of the json; ``"test"`` entries may be plain
+    strings. Every listed path must exist; NIfTI entries get the checks of
+    :func:`datalist_from_nifti_folder` (3D, label shape == image shape, not truncated).
+
+    Args:
+        json_path: the ``dataset.json``.
+        key: the list to read (``"training"``, ``"validation"``, ``"test"``, ...).
+        skip_unreadable: skip entries with a corrupt NIfTI file (logged warning) instead of raising.
+
+    Returns:
+        the entries of ``key`` with absolute paths (other keys of an entry are kept).
+
+    Raises:
+        DatalistError: the json is missing, invalid or lacks ``key``; ``key`` is empty; an entry has no
+            ``"image"``; a listed path does not exist; a NIfTI file is unreadable, not 3D, or its label
+            has another shape.
+    """
+    path = _absolute(json_path)
+    if not path.is_file():
+        raise DatalistError(f"MSD datalist {path} does not exist; expected a dataset.json file")
+    try:
+        entries = load_decathlon_datalist(path, is_segmentation=True, data_list_key=key, base_dir=path.parent)
+    except (ValueError, TypeError, IndexError) as error:  # invalid json, missing key, malformed entries
+        raise DatalistError(f"cannot read list {key!r} of MSD datalist {path}: {error}") from error
+    if not entries:
+        raise DatalistError(f"list {key!r} of MSD datalist {path} is empty")
+    datalist = []
+    for index, entry in enumerate(entries):
+        where = f"entry {index} of {key!r} in {path}"
+        if "image" not in entry:
+            raise DatalistError(f"{where} has no 'image': {entry}")
+        for name in ("image", "label"):
+            for listed in ensure_tuple(entry.get(name, ())):
+                if not os.path.exists(listed):
+                    raise DatalistError(f"{name} {listed} of {where} does not exist")
+        if not _is_nifti(entry["image"]) or _checked_nifti_pair(entry["image"], entry.get("label"), skip_unreadable):
+            datalist.append(entry)
+    return datalist
+
+
+def datalist_from_nifti_folder(
+    folder: str | os.PathLike,
+    label_folder: str | os.PathLike | None = None,
+    key: str = "training",
+    skip_unreadable: bool = False,
+) -> list[dict]:
+    """Datalist from a folder of NIfTI volumes (``*.nii.gz``, ``*.nii``; hidden files are ignored).
+
+    Accepted layouts, tried in this order:
+
+    - MSD / nnU-Net: ``imagesTr/`` + ``labelsTr/`` (``key="training"``), ``imagesTs/`` (+ ``labelsTs/``
+      if present, ``key="test"``);
+    - ``images/`` + ``labels/`` (labels optional);
+    - a flat folder of images, with labels in ``label_folder`` if given.
+
+    ``label_folder``, when given, replaces the layout's label folder. An image is paired with the label
+    of the same file name, or with the nnU-Net case name (``case_0000.nii.gz`` -> ``case.nii.gz``);
+    images without a label get no ``"label"`` (logged as a warning). Only headers are read: an image
+    must be 3D (or 4D with a singleton last dimension), its label must have the same spatial shape,
+    and the file must hold all the voxel data its header announces (a truncated file is unreadable).
+
+    Args:
+        folder: the dataset folder.
+        label_folder: the folder of labels (overrides ``labelsTr/`` or ``labels/``).
+        key: ``"training"`` or ``"test"``; used by the MSD layout only.
+        skip_unreadable: skip images with a corrupt file (logged warning) instead of raising.
+
+    Returns:
+        ``[{"image": path, "label": path}, ...]`` sorted by image file name.
+
+    Raises:
+        DatalistError: a folder is missing; no NIfTI found (the message lists the layouts tried);
+            ``key`` has no folder in the MSD layout; several images share one label; a file is
+            unreadable, not 3D, or a label's shape differs from its image's.
+    """
+    root = _existing_folder(folder, "NIfTI folder")
+    image_dir, label_dir = _nifti_layout(root, key)
+    if label_folder is not None:
+        label_dir = _existing_folder(label_folder, "label folder")
+    images = _nifti_files(image_dir)
+    if not images:
+        raise DatalistError(f"no NIfTI images in {root}; tried {NIFTI_TRIED}")
+    labels = _pair_labels(images, label_dir) if label_dir is not None else {}
+    datalist = []
+    for image in images:
+        label = labels.get(image)
+        if _checked_nifti_pair(str(image), str(label) if label else None, skip_unreadable):
+            datalist.append({"image": str(image), "label": str(label)} if label else {"image": str(image)})
+    return datalist
+
+
+def datalist_from_dicom_folder(folder: str | os.PathLike, skip_unreadable: bool = False) -> list[dict]:
+    """Datalist from a folder of DICOM series, one entry per series.
+
+    The folder is searched recursively (``patient/study/series/*``, hidden files ignored). Files with
+    the DICM preamble, and files with a ``.dcm``/``.dicom``/``.ima`` suffix, are read (header only) and
+    grouped by SeriesInstanceUID, whatever folder they sit in; other files are ignored. DICOM files that
+    are not slices of a volume (DICOMDIR, reports, multi-frame objects) are skipped with a warning. A
+    folder mixing several series gives one entry per series, never a merged volume.
+
+    Each entry is ``{"image": [slice files sorted along the slice normal]}``; load it with
+    :func:`image_loader` (:class:`DicomSeriesReader`), which stacks the slices into a 3D volume in HU
+    with the affine of ImagePositionPatient/ImageOrientationPatient/PixelSpacing. Slice spacing that
+    varies within a series (a missing slice) is logged as a warning.
+
+    Args:
+        folder: the folder to search.
+        skip_unreadable: skip corrupt DICOM files (logged warning) instead of raising.
+
+    Returns:
+        one ``{"image": [files]}`` per series, the series in the order of their first file by path.
+
+    Raises:
+        DatalistError: the folder is missing or holds no DICOM slice; a file claiming to be DICOM
+            (by preamble or suffix) is unreadable; a series mixes slice sizes, orientations or pixel
+            spacings, or has several slices at one position.
+    """
+    return _dicom_datalist(_existing_folder(folder, "DICOM folder"), skip_unreadable, tried=DICOM_TRIED)
+
+
+def image_loader(keys: str | Sequence[str], ensure_channel_first: bool = True, **kwargs) -> LoadImaged:
+    """The ``LoadImaged`` for datalist entries of any source: NIfTI files and DICOM series.
+
+    ``LoadImaged(keys, ensure_channel_first=True)`` with :class:`DicomSeriesReader` registered, so that
+    a list of DICOM slice files (an entry of :func:`datalist_from_dicom_folder`) or a folder of one
+    series loads as one 3D volume; everything else goes to MONAI's default readers as usual. A plain
+    ``LoadImaged`` would read such a list as a stack of 2D channels. In a bundle config::
+
+        {"_target_": "common.data.image_loader", "keys": ["image", "label"]}
+
+    Args:
+        keys: the keys to load.
+        ensure_channel_first: add / move the channel to the first dimension.
+        kwargs: other ``LoadImaged`` arguments (``image_only``, ``dtype``, ``allow_missing_keys``, ...).
+
+    Returns:
+        the transform.
+    """
+    loader = LoadImaged(keys, ensure_channel_first=ensure_channel_first, **kwargs)
+    loader.register(DicomSeriesReader())
+    return loader
+
+
+# --------------------------------------------------------------------------------------- splitting
+
+
+def split_datalist(
+    datalist: Sequence[dict],
+    *,
+    validation: Sequence[dict] | None = None,
+    fold: int | None = None,
+    num_folds: int = 5,
+    train_fraction: float = 1.0,
+    seed: int = 0,
+) -> tuple[list[dict], list[dict]]:
+    """Deterministic train / validation split, then a nested subset of the training part.
+
+    Validation is, in order of precedence: fold ``fold`` of a ``num_folds``-fold cross-validation
+    over ``datalist`` (folds are disjoint and together cover it); the given ``validation`` list (with
+    all of ``datalist`` for training); or a hold-out of 20 % of ``datalist``. Then ``train_fraction``
+    keeps ``round(train_fraction * n)`` training cases (at least one), the same ones for the same
+    seed and split, nested across fractions: the 0.25 subset is inside the 0.5 subset.
+
+    Args:
+        datalist: the cases to split.
+        validation: an explicit validation list (e.g. the MSD ``"validation"`` key); not with ``fold``.
+        fold: the cross-validation fold to hold out, in ``0 .. num_folds - 1``.
+        num_folds: the number of folds, in ``2 .. len(datalist)``.
+        train_fraction: the fraction of the training part to keep, in ``(0, 1]``.
+        seed: the seed of the shuffles.
+
+    Returns:
+        ``(train, validation)``, each in the order of its source list.
+
+    Raises:
+        DatalistError: invalid arguments, too few cases to split, or validation cases in ``datalist``.
+    """
+    n = len(datalist)
+    if n == 0:
+        raise DatalistError("cannot split an empty datalist")
+    if not 0.0 < train_fraction <= 1.0:
+        raise DatalistError(f"train_fraction must be in (0, 1], got {train_fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    if fold is not None:
+        if validation is not None:
+            raise DatalistError("give either fold (cross-validation) or validation (an explicit list), not both")
+        val_indices = _fold_indices(order, fold, num_folds)
+        val = [datalist[i] for i in sorted(val_indices)]
+    elif validation is not None:
+        val_indices = set()
+        val = list(validation)
+        _check_disjoint(datalist, val)
+    else:
+        if n < 2:
+            raise DatalistError(f"cannot hold out validation cases from a datalist of {n} case; pass validation")
+        val_indices = set(order[: max(1, round(HOLDOUT_FRACTION * n))].tolist())
+        val = [datalist[i] for i in sorted(val_indices)]
+    train_order = [i for i in order.tolist() if i not in val_indices]
+    kept = train_order[: max(1, int(train_fraction * len(train_order) + 0.5))]
+    return [datalist[i] for i in sorted(kept)], val
+
+
+def _fold_indices(order: np.ndarray, fold: int, num_folds: int) -> set[int]:
+    """Indices of fold ``fold`` when the shuffled ``order`` is cut into ``num_folds`` near-equal folds."""
+    if not 2 <= num_folds <= len(order):
+        raise DatalistError(f"num_folds must be in 2..{len(order)} (the number of cases), got {num_folds}")
+    if not 0 <= fold < num_folds:
+        raise DatalistError(f"fold must be in 0..{num_folds - 1}, got {fold}")
+    return set(np.array_split(order, num_folds)[fold].tolist())
+
+
+def _check_disjoint(datalist: Sequence[dict], validation: Sequence[dict]) -> None:
+    """Raise if a validation image is also a training image."""
+    training_images = {repr(entry["image"]) for entry in datalist}
+    shared = [entry["image"] for entry in validation if repr(entry["image"]) in training_images]
+    if shared:
+        raise DatalistError(f"{len(shared)} validation cases are also in the datalist to train on, e.g. {shared[0]}")
+
+
+# ------------------------------------------------------------------------------------------- NIfTI
+
+
+def _is_nifti(image: object) -> bool:
+    return isinstance(image, str) and image.endswith(NIFTI_SUFFIXES)
+
+
+def _holds_nifti(folder: Path) -> bool:
+    """Whether ``folder`` holds NIfTI in one of the accepted layouts (an ``images/`` folder may hold DICOM)."""
+    image_dirs = (folder / "imagesTr", folder / "imagesTs", folder / "images", folder)
+    return any(_nifti_files(image_dir) for image_dir in image_dirs if image_dir.is_dir())
+
+
+def _nifti_layout(root: Path, key: str) -> tuple[Path, Path | None]:
+    """The image folder and the label folder (``None`` if absent) of a NIfTI dataset folder."""
+    if (root / "imagesTr").is_dir() or (root / "imagesTs").is_dir():
+        if key not in MSD_FOLDERS:
+            raise DatalistError(f"{root} has the imagesTr/imagesTs layout: key must be one of {list(MSD_FOLDERS)}")
+        images, labels = (root / name for name in MSD_FOLDERS[key])
+        if not images.is_dir():
+            raise DatalistError(f"{root} has no {images.name}/ folder for key {key!r}")
+    elif (root / "images").is_dir():
+        images, labels = root / "images", root / "labels"
+    else:
+        images, labels = root, None
+    return images, labels if labels is not None and labels.is_dir() else None
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.name.endswith(NIFTI_SUFFIXES) and not path.name.startswith(".") and path.is_file()
+    )
+
+
+def _stem(path: Path) -> str:
+    return next(path.name[: -len(suffix)] for suffix in NIFTI_SUFFIXES if path.name.endswith(suffix))
+
+
+def _pair_labels(images: list[Path], label_dir: Path) -> dict[Path, Path]:
+    """The label of each image: same file stem, else the stem without an nnU-Net ``_0000`` suffix."""
+    labels = {_stem(path): path for path in _nifti_files(label_dir)}
+    pairs: dict[Path, Path] = {}
+    for image in images:
+        stem = _stem(image)
+        case = stem[:-5] if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit() else stem
+        label = labels.get(stem) or labels.get(case)
+        if label is not None:
+            pairs[image] = label
+    shared = defaultdict(list)
+    for image, label in pairs.items():
+        shared[label].append(image.name)
+    for label, names in shared.items():
+        if len(names) > 1:
+            raise DatalistError(f"images {names} all pair with label {label} (multi-channel cases are not supported)")
+    unlabelled = [image.name for image in images if image not in pairs]
+    if unlabelled:
+        logger.warning(
+            "%d of %d images have no label in %s, e.g. %s", len(unlabelled), len(images), label_dir, unlabelled[0]
+        )
+    return pairs
+
+
+def _checked_nifti_pair(image: str, label: str | None, skip_unreadable: bool) -> bool:
+    """Check an image (and its label) from their headers; ``False`` if skipped as unreadable.
+
+    Raises:
+        DatalistError: a file is unreadable (unless skipped), not 3D, or the shapes differ.
+    """
+    try:
+        image_shape = _volume_shape(Path(image))
+        label_shape = _volume_shape(Path(label)) if label else image_shape
+    except _UnreadableFileError as error:
+        _skip_or_raise(error, skip_unreadable)
+        return False
+    if label_shape != image_shape:
+        raise DatalistError(f"label {label} has shape {label_shape} but its image {image} has shape {image_shape}")
+    return True
+
+
+def _volume_shape(path: Path) -> tuple[int, ...]:
+    """Spatial shape of a 3D NIfTI from its header, after checking that the file holds all its data.
+
+    Raises:
+        _UnreadableFileError: not a readable NIfTI, or truncated.
+        DatalistError: not 3D (nor 4D with a singleton last dimension).
+    """
+    try:
+        image = nib.load(path)
+        needed = int(image.dataobj.offset) + int(np.prod(image.shape)) * image.get_data_dtype().itemsize
+        size = _gzip_size(path, needed) if path.name.endswith(".gz") else path.stat().st_size
+    except Exception as error:  # nibabel, gzip and zlib raise many types for a broken file
+        raise _UnreadableFileError(path, f"{type(error).__name__}: {error}") from error
+    if size < needed:
+        raise _UnreadableFileError(path, f"holds {size} bytes, its header needs {needed} (truncated?)")
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        return shape[:3]
+    if len(shape) != 3:
+        raise DatalistError(f"{path} is not a 3D volume: shape {shape} (expected 3 dimensions, or 4 with a last of 1)")
+    return shape
+
+
+def _gzip_size(path: Path, expected: int) -> int:
+    """Uncompressed size of a gzip file: its trailer when that agrees with ``expected``, else by decompressing."""
+    with open(path, "rb") as file:
+        file.seek(-4, os.SEEK_END)
+        if struct.unpack("<I", file.read(4))[0] == expected % 2**32:
+            return expected
+    size = 0
+    with gzip.open(path, "rb") as file:
+        while chunk := file.read(1 << 24):
+            size += len(chunk)
+    return size
+
+
+# ------------------------------------------------------------------------------------------- DICOM
+
+
+def _dicom_datalist(root: Path, skip_unreadable: bool, tried: str) -> list[dict]:
+    """One ``{"image": [sorted slice files]}`` per DICOM series under ``root`` (see datalist_from_dicom_folder)."""
+    series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    for path, header in _dicom_slices(root, skip_unreadable):
+        series[str(header.SeriesInstanceUID)].append((path, header))
+    if not series:
+        raise DatalistError(f"no images in {root}; tried {tried}")
+    datalist = []
+    for uid, members in series.items():
+        paths, headers = zip(*members)
+        name = f"DICOM series {uid} in {root}"
+        _check_series(headers, name)
+        order, positions = _slice_order(headers)
+        _warn_if_uneven(positions, name)
+        datalist.append({"image": [str(paths[i]) for i in order]})
+    return sorted(datalist, key=lambda entry: min(entry["image"]))
+
+
+def _dicom_slices(root: Path, skip_unreadable: bool) -> list[tuple[Path, Dataset]]:
+    """Headers of the DICOM slice files under ``root``; other DICOM is skipped with a warning.
+
+    Raises:
+        DatalistError: a file claiming to be DICOM is unreadable (unless ``skip_unreadable``).
+    """
+    slices, ignored = [], []
+    for path in _visible_files(root):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError as error:
+            if path.suffix.lower() not in DICOM_SUFFIXES:
+                ignored.append(path)
+                continue
+            _skip_or_raise(_UnreadableFileError(path, f"not DICOM despite its suffix ({error})"), skip_unreadable)
+        except Exception as error:  # pydicom raises many types for a corrupt file
+            _skip_or_raise(_UnreadableFileError(path, f"{type(error).__name__}: {error}"), skip_unreadable)
+        else:
+            reason = _not_a_slice(header)
+            if reason:
+                logger.warning("skipping DICOM file %s: %s", path, reason)
+            else:
+                slices.append((path, header))
+    if ignored:
+        logger.info("ignored %d files that are not DICOM in %s, e.g. %s", len(ignored), root, ignored[0])
+    return slices
+
+
+def _visible_files(root: Path) -> list[Path]:
+    """Files under ``root``, recursively, sorted; hidden files and folders are left out."""
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if not any(part.startswith(".") for part in path.relative_to(root).parts) and path.is_file()
+    )
+
+
+def _not_a_slice(header: Dataset) -> str | None:
+    """Why a DICOM header is not one slice of a volume, or ``None`` if it is."""
+    missing = [tag for tag in SLICE_TAGS if tag not in header]
+    if missing:
+        return f"not an image slice (no {', '.join(missing)})"
+    if int(header.get("NumberOfFrames", 1) or 1) > 1:
+        return "multi-frame DICOM is not supported"
+    return None
+
+
+def _check_series(headers: Sequence[Dataset], name: str) -> None:
+    """Raise unless the slices share size, orientation and pixel spacing, and lie at distinct positions."""
+    first = headers[0]
+    for header in headers[1:]:
+        if (
+            (header.Rows, header.Columns) != (first.Rows, first.Columns)
+            or not np.allclose(header.ImageOrientationPatient, first.ImageOrientationPatient, atol=1e-4)
+            or not np.allclose(header.PixelSpacing, first.PixelSpacing, rtol=1e-4)
+        ):
+            raise DatalistError(
+                f"{name}: slices differ in size, orientation or pixel spacing "
+                f"({first.filename} and {header.filename}); it is not one volume"
+            )
+    _, positions = _slice_order(headers)
+    if len(positions) > 1 and np.diff(positions).min() < 1e-3:
+        raise DatalistError(
+            f"{name}: several slices at the same position (duplicated files, or several acquisitions in one series)"
+        )
+
+
+def _slice_order(headers: Sequence[Dataset]) -> tuple[list[int], np.ndarray]:
+    """The order of the slices along the normal of their plane, and their sorted positions along it (mm)."""
+    orientation = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = np.array([np.dot(normal, np.asarray(h.ImagePositionPatient, dtype=float)) for h in headers])
+    order = np.argsort(positions, kind="stable")
+    return order.tolist(), positions[order]
+
+
+def _warn_if_uneven(positions: np.ndarray, name: str) -> None:
+    """Log a warning when the spacing between sorted slice positions varies by more than 1 %."""
+    if len(positions) < 3:
+        return
+    steps = np.diff(positions)
+    if np.ptp(steps) > 0.01 * np.median(steps):
+        logger.warning(
+            "%s: slice spacing varies from %.4g to %.4g mm (missing slices?); it loads with the mean spacing %.4g mm",
+            name,
+            steps.min(),
+            steps.max(),
+            steps.mean(),
+        )
+
+
+def _series_affine(headers: Sequence[Dataset]) -> np.ndarray:
+    """RAS affine of slices already sorted along their normal, the voxel axes being (column, row, slice).
+
+    The third column runs from the first slice to the last one (it need not be the normal, e.g. with
+    a tilted gantry); a single slice gets the normal times SliceThickness (or SpacingBetweenSlices).
+    """
+    first = headers[0]
+    orientation = np.asarray(first.ImageOrientationPatient, dtype=float)
+    row_spacing, column_spacing = (float(s) for s in first.PixelSpacing)
+    origin = np.asarray(first.ImagePositionPatient, dtype=float)
+    if len(headers) > 1:
+        slice_step = (np.asarray(headers[-1].ImagePositionPatient, dtype=float) - origin) / (len(headers) - 1)
+    else:
+        thickness = first.get("SliceThickness") or first.get("SpacingBetweenSlices") or 1.0
+        slice_step = np.cross(orientation[:3], orientation[3:]) * float(thickness)
+    lps = np.eye(4)
+    lps[:3, 0] = orientation[:3] * column_spacing
+    lps[:3, 1] = orientation[3:] * row_spacing
+    lps[:3, 2] = slice_step
+    lps[:3, 3] = origin
+    return LPS_TO_RAS @ lps
+
+
+class DicomSeriesReader(ImageReader):
+    """MONAI reader of one DICOM series, given as a list of its slice files or a folder holding only it.
+
+    Slices are sorted along the normal of their plane (not by InstanceNumber), stacked on the last
+    axis, and converted to HU with the modality LUT (RescaleSlope / RescaleIntercept). The volume's
+    voxel axes are (column, row, slice), as MONAI's PydicomReader and ITKReader give them, with the
+    RAS affine of ImagePositionPatient / ImageOrientationPatient / PixelSpacing; it has no channel
+    (``ensure_channel_first`` adds one). :func:`image_loader` registers this reader with ``LoadImaged``.
+    """
+
+    def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
+        """Whether ``filename`` is one folder, or files that are all DICOM (by suffix or preamble)."""
+        paths = [Path(name) for name in ensure_tuple(filename)]
+        if len(paths) == 1 and paths[0].is_dir():
+            return True
+        return all(_claims_dicom(path) for path in paths)
+
+    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs) -> list[Dataset]:
+        """Read the slices of one series (pixels are decoded in :meth:`get_data`), sorted along the normal.
+
+        Raises:
+            DatalistError: the files are unreadable, hold several series, or are not one volume.
+        """
+        paths = [Path(name) for name in ensure_tuple(data)]
+        source = str(paths[0]) if len(paths) == 1 else f"{len(paths)} files from {paths[0].parent}"
+        if len(paths) == 1 and paths[0].is_dir():
+            folder = paths[0]
+            paths = [path for path in sorted(folder.iterdir()) if not path.name.startswith(".") and _claims_dicom(path)]
+        headers = [_read_dicom(path, **kwargs) for path in paths]
+        if not headers:
+            raise DatalistError(f"no DICOM file in {source}")
+        uids = sorted({str(header.SeriesInstanceUID) for header in headers})
+        if len(uids) > 1:
+            raise DatalistError(f"{source} holds {len(uids)} DICOM series {uids}; use datalist_from_dicom_folder")
+        _check_series(headers, f"DICOM series {uids[0]} ({source})")
+        order, _ = _slice_order(headers)
+        return [headers[i] for i in order]
+
+    def get_data(self, img: list[Dataset]) -> tuple[np.ndarray, dict]:
+        """The (column, row, slice) volume in HU as float32, and its metadata (affine, spatial shape ...)."""
+        slices = np.empty((len(img), int(img[0].Rows), int(img[0].Columns)), dtype=np.float32)
+        for k, header in enumerate(img):
+            slices[k] = apply_modality_lut(header.pixel_array, header)
+        volume = np.ascontiguousarray(slices.transpose(2, 1, 0))
+        affine = _series_affine(img)
+        meta = {
+            MetaKeys.AFFINE: affine,
+            MetaKeys.ORIGINAL_AFFINE: affine.copy(),
+            MetaKeys.SPATIAL_SHAPE: np.asarray(volume.shape),
+            MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+            MetaKeys.SPACE: SpaceKeys.RAS,
+            "spacing": affine_to_spacing(affine, r=3),
+        }
+        return volume, meta
+
+
+def _read_dicom(path: Path, **kwargs) -> Dataset:
+    try:
+        return pydicom.dcmread(path, **kwargs)
+    except Exception as error:  # pydicom raises many types for a corrupt file
+        raise DatalistError(f"unreadable DICOM file {path}: {type(error).__name__}: {error}") from error
+
+
+def _claims_dicom(path: Path) -> bool:
+    return path.suffix.lower() in DICOM_SUFFIXES or (path.is_file() and pydicom.misc.is_dicom(path))
+
+
+# ------------------------------------------------------------------------------------------- paths
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    """``path`` made absolute and normalised, symbolic links kept."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def _msd_json(path: Path) -> Path | None:
+    """The MSD datalist that ``path`` names: itself if a ``.json`` file, its ``dataset.json`` if a folder.
+
+    Raises:
+        DatalistError: ``path`` is a file but not ``.json``.
+    """
+    if path.is_file():
+        if path.suffix != ".json":
+            raise DatalistError(f"{path} is a file but not a .json datalist; expected a dataset.json or a folder")
+        return path
+    return path / "dataset.json" if (path / "dataset.json").is_file() else None
+
+
+def _json_keys(json_path: Path) -> list[str]:
+    with open(json_path) as file:
+        return list(json.load(file))
+
+
+def _existing_folder(folder: str | os.PathLike, what: str) -> Path:
+    path = _absolute(folder)
+    if not path.is_dir():
+        raise DatalistError(f"{what} {path} does not exist or is not a folder")
+    return path
+
+
+def _reject_label_folder(label_folder: str | os.PathLike | None, source: Path) -> None:
+    if label_folder is not None:
+        raise DatalistError(f"label_folder is for flat NIfTI folders only, but {source} is not one")

@@ -1,0 +1,121 @@
+"""End to end: the btcv_segmentation bundle through ``python -m monai.bundle run`` on the demo phantoms
+(``smoke.json``: tiny shapes, two iterations), then evaluation and sliding-window inference, also on real CT."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from common.data import image_loader
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+BUNDLE = REPO_ROOT / "bundles" / "btcv_segmentation"
+TRAIN = str(BUNDLE / "configs" / "train.json")
+SMOKE = str(BUNDLE / "configs" / "smoke.json")
+pytestmark = pytest.mark.slow
+
+
+def run_bundle(configs: list[str], cwd: Path = REPO_ROOT, **overrides) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` in a subprocess, as a user runs it; fails the test with its output."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs)]
+    for key, value in overrides.items():
+        command += [f"--{key}", str(value)]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """One smoke training run; its folders are shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("btcv")
+    paths = {"models": root / "models", "eval": root / "eval"}
+    run_bundle([TRAIN, SMOKE], ckpt_dir=paths["models"], output_dir=paths["eval"])
+    return paths
+
+
+def _mlflow_runs(eval_dir: Path):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{eval_dir / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("btcv_segmentation")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_training_writes_best_model_training_state_and_mlflow_run(trained):
+    assert (trained["models"] / "model.pt").is_file()
+    state = torch.load(trained["models"] / "checkpoint_final.pt", weights_only=False)
+    assert {"model", "optimizer", "trainer"} <= set(state) and state["trainer"]["iteration"] == 2
+    client, runs = _mlflow_runs(trained["eval"])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert {"val_mean_dice", "val_mean_nsd", "val_dice_liver", "train_loss"} <= set(run.data.metrics)
+    assert 0.0 <= run.data.metrics["val_mean_dice"] <= 1.0
+    assert run.data.params["arch"] == "swin_unetr" and run.data.params["roi_size"] == "[64, 64, 64]"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model.pt", "train.json", "metadata.json"} <= artifacts
+
+
+def test_resume_continues_and_fresh_run_keeps_earlier_files(trained, tmp_path):
+    models = tmp_path / "models"
+    overrides = {"ckpt_dir": models, "output_dir": tmp_path / "eval"}
+    run_bundle([TRAIN, SMOKE], **overrides)
+    run_bundle([TRAIN, SMOKE], resume="true", max_epochs=2, **overrides)
+    state = torch.load(models / "checkpoint_final.pt", weights_only=False)
+    assert state["trainer"]["max_epochs"] == 2 and state["trainer"]["iteration"] == 4
+
+    run_bundle([TRAIN, SMOKE], **overrides)  # fresh run: earlier files are moved, not overwritten
+    archived = list((models / "previous").glob("*/model.pt"))
+    assert len(archived) == 1 and (models / "model.pt").is_file()
+
+
+def test_resume_without_checkpoint_fails_clearly(tmp_path):
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str([TRAIN, SMOKE]),
+               "--resume", "true", "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval")]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "holds no checkpoint_*.pt to resume from" in result.stderr
+
+
+def test_evaluate_writes_per_case_metrics(trained):
+    evaluate = str(BUNDLE / "configs" / "evaluate.json")
+    run_bundle([TRAIN, SMOKE, evaluate], ckpt_dir=trained["models"], output_dir=trained["eval"])
+    with open(trained["eval"] / "metrics" / "val_mean_dice_raw.csv") as stream:
+        rows = list(csv.reader(stream))
+    assert len(rows) == 1 + 2, "a header and one row per validation case"
+    assert Path(rows[1][0]).name.startswith("case_")
+
+
+def _inference(trained, tmp_path, source: str, cwd: Path = REPO_ROOT) -> list[Path]:
+    out = tmp_path / "predictions"
+    run_bundle([str(BUNDLE / "configs" / "inference.json")], cwd=cwd, input=source, output_dir=out,
+               ckpt_path=trained["models"] / "model.pt", feature_size=12, roi_size="[64,64,64]", pixdim="[4,4,4]")
+    return sorted(out.glob("*_seg.nii.gz"))
+
+
+def _assert_same_grid(prediction: Path, source: str) -> None:
+    reference = image_loader("image", ensure_channel_first=False)({"image": source})["image"]
+    written = nib.load(prediction)
+    assert written.shape == tuple(reference.shape)
+    assert np.allclose(written.affine, reference.affine.numpy(), atol=1e-3)
+    assert set(np.unique(np.asarray(written.dataobj))) <= set(range(14))
+
+
+def test_inference_on_demo_volume_keeps_shape_and_affine(trained, tmp_path):
+    source = sorted((REPO_ROOT / ".cache" / "demo_ct" / "imagesTr").glob("*.nii.gz"))[-1]
+    predictions = _inference(trained, tmp_path, str(source), cwd=BUNDLE)  # started from inside the bundle
+    assert len(predictions) == 1
+    _assert_same_grid(predictions[0], str(source))
+
+
+@pytest.mark.parametrize("name", ["example_ct.nii.gz", "example_ct_dicom"])
+def test_inference_on_real_ct(trained, tmp_path, shared_data, name):
+    source = shared_data / "totalsegmentator" / name
+    predictions = _inference(trained, tmp_path, str(source))
+    assert len(predictions) == 1
+    _assert_same_grid(predictions[0], str(source))

@@ -1,0 +1,118 @@
+"""Benchmarks (not tests): ratios measured side by side in one process, recorded in docs/benchmarks.md.
+
+``python -m tools.bench infer``  the btcv_segmentation bundle's ``inference.json`` against a bare loop of
+                                 MONAI's ``sliding_window_inference`` with the same weights and settings,
+                                 on a 1 x 256 x 256 x 128 volume (the bundle should add no overhead).
+``python -m tools.bench data``   training-pipeline iterations/s with ``CacheDataset`` against ``Dataset``
+                                 on the demo data.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import fire
+import nibabel as nib
+import numpy as np
+import torch
+from monai.bundle import ConfigWorkflow
+from monai.data import CacheDataset, DataLoader, Dataset
+from monai.inferers import sliding_window_inference
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "btcv_segmentation"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _workflow(config: str, **overrides) -> ConfigWorkflow:
+    workflow = ConfigWorkflow(config_file=str(BUNDLE / "configs" / config), workflow_type=None, **overrides)
+    workflow.initialize()
+    return workflow
+
+
+def infer(shape: tuple[int, int, int] = (256, 256, 128), repeats: int = 1) -> dict:
+    """Seconds per volume: bundle ``inference.json`` (read, preprocess, sliding window, invert, write) vs bare loop.
+
+    The volume is written at the bundle's 1.5 mm spacing, so resampling is the identity and both paths run
+    the same number of windows. The bare loop times ``sliding_window_inference`` + argmax on the tensor only.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rng = np.random.default_rng(0)
+        volume = rng.normal(40, 200, size=shape).astype(np.float32)
+        nib.save(nib.Nifti1Image(volume, np.diag([1.5, 1.5, 1.5, 1.0])), tmp / "volume.nii.gz")
+
+        workflow = _workflow("inference.json", input=str(tmp / "volume.nii.gz"), output_dir=str(tmp / "out"),
+                             ckpt_path=str(tmp / "model.pt"))
+        network, inferer, device = (workflow.parser.get_parsed_content(k) for k in ("network", "inferer", "device"))
+        torch.save(network.state_dict(), tmp / "model.pt")
+        image = torch.from_numpy(workflow.parser.get_parsed_content("preprocessing")({"image": str(tmp / "volume.nii.gz")})["image"].numpy())[None]
+
+        def bare() -> None:
+            with torch.no_grad(), torch.autocast(device.type, enabled=workflow.parser.get_parsed_content("amp")):
+                logits = sliding_window_inference(
+                    image.to(device), inferer.roi_size, inferer.sw_batch_size, network.eval(), overlap=inferer.overlap
+                )
+                logits.argmax(1)
+
+        def bundle() -> None:
+            workflow.parser.get_parsed_content("evaluator").run()
+
+        times = {"bundle": [], "bare": []}
+        for _ in range(repeats):  # interleaved, so both see the same machine load
+            for name, fn in (("bare", bare), ("bundle", bundle)):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        result = {
+            "device": _device_name(device),
+            "volume": f"1x{shape[0]}x{shape[1]}x{shape[2]}",
+            "roi_size": list(inferer.roi_size),
+            "bare_s": min(times["bare"]),
+            "bundle_s": min(times["bundle"]),
+        }
+        result["ratio"] = result["bundle_s"] / result["bare_s"]
+        print(result)
+        return result
+
+
+def data(iterations: int = 12, num_workers: int = 0) -> dict:
+    """Training-pipeline iterations/s (batch 1, the bundle's random crops) with CacheDataset vs Dataset."""
+    workflow = _workflow("train.json", num_workers=num_workers)
+    train_list = workflow.parser.get_parsed_content("split")[0]
+    transform = workflow.parser.get_parsed_content("train#preprocessing")
+
+    def rate(dataset) -> float:
+        loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=num_workers)
+        done, start = 0, time.perf_counter()
+        while done < iterations:
+            for _ in loader:
+                done += 1
+                if done == iterations:
+                    break
+        return iterations / (time.perf_counter() - start)
+
+    start = time.perf_counter()
+    cached = CacheDataset(train_list, transform, cache_rate=1.0, num_workers=num_workers, progress=False)
+    cache_s = time.perf_counter() - start
+    result = {
+        "device": _device_name(torch.device("cpu")),
+        "cases": len(train_list),
+        "cache_fill_s": cache_s,
+        "cache_it_per_s": rate(cached),
+        "plain_it_per_s": rate(Dataset(train_list, transform)),
+    }
+    result["speedup"] = result["cache_it_per_s"] / result["plain_it_per_s"]
+    print(result)
+    return result
+
+
+if __name__ == "__main__":
+    fire.Fire({"infer": infer, "data": data})
