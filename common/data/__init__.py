@@ -1,8 +1,6 @@
 """Datalists from MSD ``dataset.json`` / NIfTI folders / DICOM series, splits, and the demo phantoms."""
 
 from common.data.datalist import (
-    DatalistError,
-    DicomSeriesReader,
     datalist_from_dicom_folder,
     datalist_from_msd,
     datalist_from_nifti_folder,
@@ -13,6 +11,8 @@ from common.data.datalist import (
     training_split,
 )
 from common.data.demo import BTCV_LABELS, ensure_demo_data, generate_phantom
+from common.data.dicom import DicomSeriesReader
+from common.data.errors import DatalistError
 
 __all__ = [
     "BTCV_LABELS",

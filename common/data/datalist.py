@@ -32,45 +32,21 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
-from monai.data import ImageReader, load_decathlon_datalist
-from monai.data.utils import affine_to_spacing
+from monai.data import load_decathlon_datalist
 from monai.transforms import LoadImaged
-from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
+from monai.utils import ensure_tuple
+
+from common.data.dicom import DicomSeriesReader, dicom_datalist
+from common.data.errors import DatalistError, UnreadableFileError, skip_or_raise
 
 logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 # key -> (image folder, label folder) of the MSD / nnU-Net layout
 MSD_FOLDERS = {"training": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
 NIFTI_TRIED = "NIfTI (*.nii.gz, *.nii) in imagesTr/ + labelsTr/, imagesTs/, images/ + labels/, or the folder itself"
 DICOM_TRIED = "DICOM (files with the DICM preamble or a .dcm/.dicom/.ima suffix, in the folder and all sub-folders)"
 HOLDOUT_FRACTION = 0.2
-# tags a DICOM file needs to be one slice of a volume
-SLICE_TAGS = ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-class DatalistError(ValueError):
-    """A datalist source is missing, empty, unreadable or inconsistent; the message names the path."""
-
-
-class _UnreadableFileError(Exception):
-    """A file that cannot be read (corrupt, truncated, not the format it claims to be)."""
-
-    def __init__(self, path: Path, reason: str):
-        super().__init__(f"unreadable file {path}: {reason}")
-
-
-def _skip_or_raise(error: _UnreadableFileError, skip_unreadable: bool) -> None:
-    """Log that an unreadable file is skipped, or raise a DatalistError naming it."""
-    if not skip_unreadable:
-        raise DatalistError(f"{error} (pass skip_unreadable=True to skip such files with a warning)") from error
-    logger.warning("skipping %s", error)
 
 
 # ----------------------------------------------------------------------------------------- sources
@@ -110,7 +86,7 @@ def load_datalist(
     if _holds_nifti(path):
         return datalist_from_nifti_folder(path, label_folder, key, skip_unreadable)
     _reject_label_folder(label_folder, path)
-    return _dicom_datalist(path, skip_unreadable, tried=f"dataset.json, {NIFTI_TRIED}, {DICOM_TRIED}")
+    return dicom_datalist(path, skip_unreadable, tried=f"dataset.json, {NIFTI_TRIED}, {DICOM_TRIED}")
 
 
 def training_split(
@@ -292,7 +268,7 @@ def datalist_from_dicom_folder(folder: str | os.PathLike, skip_unreadable: bool 
             (by preamble or suffix) is unreadable; a series mixes slice sizes, orientations or pixel
             spacings, or has several slices at one position.
     """
-    return _dicom_datalist(_existing_folder(folder, "DICOM folder"), skip_unreadable, tried=DICOM_TRIED)
+    return dicom_datalist(_existing_folder(folder, "DICOM folder"), skip_unreadable, tried=DICOM_TRIED)
 
 
 def image_loader(keys: str | Sequence[str], ensure_channel_first: bool = True, **kwargs) -> LoadImaged:
@@ -467,8 +443,8 @@ def _checked_nifti_pair(image: str, label: str | None, skip_unreadable: bool) ->
     try:
         image_shape = _volume_shape(Path(image))
         label_shape = _volume_shape(Path(label)) if label else image_shape
-    except _UnreadableFileError as error:
-        _skip_or_raise(error, skip_unreadable)
+    except UnreadableFileError as error:
+        skip_or_raise(error, skip_unreadable)
         return False
     if label_shape != image_shape:
         raise DatalistError(f"label {label} has shape {label_shape} but its image {image} has shape {image_shape}")
@@ -479,7 +455,7 @@ def _volume_shape(path: Path) -> tuple[int, ...]:
     """Spatial shape of a 3D NIfTI from its header, after checking that the file holds all its data.
 
     Raises:
-        _UnreadableFileError: not a readable NIfTI, or truncated.
+        UnreadableFileError: not a readable NIfTI, or truncated.
         DatalistError: not 3D (nor 4D with a singleton last dimension).
     """
     try:
@@ -487,9 +463,9 @@ def _volume_shape(path: Path) -> tuple[int, ...]:
         needed = int(image.dataobj.offset) + int(np.prod(image.shape)) * image.get_data_dtype().itemsize
         size = _gzip_size(path, needed) if path.name.endswith(".gz") else path.stat().st_size
     except Exception as error:  # nibabel, gzip and zlib raise many types for a broken file
-        raise _UnreadableFileError(path, f"{type(error).__name__}: {error}") from error
+        raise UnreadableFileError(path, f"{type(error).__name__}: {error}") from error
     if size < needed:
-        raise _UnreadableFileError(path, f"holds {size} bytes, its header needs {needed} (truncated?)")
+        raise UnreadableFileError(path, f"holds {size} bytes, its header needs {needed} (truncated?)")
     shape = tuple(int(n) for n in image.shape)
     if len(shape) == 4 and shape[3] == 1:
         return shape[:3]
@@ -510,207 +486,6 @@ def _gzip_size(path: Path, expected: int) -> int:
             size += len(chunk)
     return size
 
-
-# ------------------------------------------------------------------------------------------- DICOM
-
-
-def _dicom_datalist(root: Path, skip_unreadable: bool, tried: str) -> list[dict]:
-    """One ``{"image": [sorted slice files]}`` per DICOM series under ``root`` (see datalist_from_dicom_folder)."""
-    series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
-    for path, header in _dicom_slices(root, skip_unreadable):
-        series[str(header.SeriesInstanceUID)].append((path, header))
-    if not series:
-        raise DatalistError(f"no images in {root}; tried {tried}")
-    datalist = []
-    for uid, members in series.items():
-        paths, headers = zip(*members)
-        name = f"DICOM series {uid} in {root}"
-        _check_series(headers, name)
-        order, positions = _slice_order(headers)
-        _warn_if_uneven(positions, name)
-        datalist.append({"image": [str(paths[i]) for i in order]})
-    return sorted(datalist, key=lambda entry: min(entry["image"]))
-
-
-def _dicom_slices(root: Path, skip_unreadable: bool) -> list[tuple[Path, Dataset]]:
-    """Headers of the DICOM slice files under ``root``; other DICOM is skipped with a warning.
-
-    Raises:
-        DatalistError: a file claiming to be DICOM is unreadable (unless ``skip_unreadable``).
-    """
-    slices, ignored = [], []
-    for path in _visible_files(root):
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except InvalidDicomError as error:
-            if path.suffix.lower() not in DICOM_SUFFIXES:
-                ignored.append(path)
-                continue
-            _skip_or_raise(_UnreadableFileError(path, f"not DICOM despite its suffix ({error})"), skip_unreadable)
-        except Exception as error:  # pydicom raises many types for a corrupt file
-            _skip_or_raise(_UnreadableFileError(path, f"{type(error).__name__}: {error}"), skip_unreadable)
-        else:
-            reason = _not_a_slice(header)
-            if reason:
-                logger.warning("skipping DICOM file %s: %s", path, reason)
-            else:
-                slices.append((path, header))
-    if ignored:
-        logger.info("ignored %d files that are not DICOM in %s, e.g. %s", len(ignored), root, ignored[0])
-    return slices
-
-
-def _visible_files(root: Path) -> list[Path]:
-    """Files under ``root``, recursively, sorted; hidden files and folders are left out."""
-    return sorted(
-        path
-        for path in root.rglob("*")
-        if not any(part.startswith(".") for part in path.relative_to(root).parts) and path.is_file()
-    )
-
-
-def _not_a_slice(header: Dataset) -> str | None:
-    """Why a DICOM header is not one slice of a volume, or ``None`` if it is."""
-    missing = [tag for tag in SLICE_TAGS if tag not in header]
-    if missing:
-        return f"not an image slice (no {', '.join(missing)})"
-    if int(header.get("NumberOfFrames", 1) or 1) > 1:
-        return "multi-frame DICOM is not supported"
-    return None
-
-
-def _check_series(headers: Sequence[Dataset], name: str) -> None:
-    """Raise unless the slices share size, orientation and pixel spacing, and lie at distinct positions."""
-    first = headers[0]
-    for header in headers[1:]:
-        if (
-            (header.Rows, header.Columns) != (first.Rows, first.Columns)
-            or not np.allclose(header.ImageOrientationPatient, first.ImageOrientationPatient, atol=1e-4)
-            or not np.allclose(header.PixelSpacing, first.PixelSpacing, rtol=1e-4)
-        ):
-            raise DatalistError(
-                f"{name}: slices differ in size, orientation or pixel spacing "
-                f"({first.filename} and {header.filename}); it is not one volume"
-            )
-    _, positions = _slice_order(headers)
-    if len(positions) > 1 and np.diff(positions).min() < 1e-3:
-        raise DatalistError(
-            f"{name}: several slices at the same position (duplicated files, or several acquisitions in one series)"
-        )
-
-
-def _slice_order(headers: Sequence[Dataset]) -> tuple[list[int], np.ndarray]:
-    """The order of the slices along the normal of their plane, and their sorted positions along it (mm)."""
-    orientation = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
-    normal = np.cross(orientation[:3], orientation[3:])
-    positions = np.array([np.dot(normal, np.asarray(h.ImagePositionPatient, dtype=float)) for h in headers])
-    order = np.argsort(positions, kind="stable")
-    return order.tolist(), positions[order]
-
-
-def _warn_if_uneven(positions: np.ndarray, name: str) -> None:
-    """Log a warning when the spacing between sorted slice positions varies by more than 1 %."""
-    if len(positions) < 3:
-        return
-    steps = np.diff(positions)
-    if np.ptp(steps) > 0.01 * np.median(steps):
-        logger.warning(
-            "%s: slice spacing varies from %.4g to %.4g mm (missing slices?); it loads with the mean spacing %.4g mm",
-            name,
-            steps.min(),
-            steps.max(),
-            steps.mean(),
-        )
-
-
-def _series_affine(headers: Sequence[Dataset]) -> np.ndarray:
-    """RAS affine of slices already sorted along their normal, the voxel axes being (column, row, slice).
-
-    The third column runs from the first slice to the last one (it need not be the normal, e.g. with
-    a tilted gantry); a single slice gets the normal times SliceThickness (or SpacingBetweenSlices).
-    """
-    first = headers[0]
-    orientation = np.asarray(first.ImageOrientationPatient, dtype=float)
-    row_spacing, column_spacing = (float(s) for s in first.PixelSpacing)
-    origin = np.asarray(first.ImagePositionPatient, dtype=float)
-    if len(headers) > 1:
-        slice_step = (np.asarray(headers[-1].ImagePositionPatient, dtype=float) - origin) / (len(headers) - 1)
-    else:
-        thickness = first.get("SliceThickness") or first.get("SpacingBetweenSlices") or 1.0
-        slice_step = np.cross(orientation[:3], orientation[3:]) * float(thickness)
-    lps = np.eye(4)
-    lps[:3, 0] = orientation[:3] * column_spacing
-    lps[:3, 1] = orientation[3:] * row_spacing
-    lps[:3, 2] = slice_step
-    lps[:3, 3] = origin
-    return LPS_TO_RAS @ lps
-
-
-class DicomSeriesReader(ImageReader):
-    """MONAI reader of one DICOM series, given as a list of its slice files or a folder holding only it.
-
-    Slices are sorted along the normal of their plane (not by InstanceNumber), stacked on the last
-    axis, and converted to HU with the modality LUT (RescaleSlope / RescaleIntercept). The volume's
-    voxel axes are (column, row, slice), as MONAI's PydicomReader and ITKReader give them, with the
-    RAS affine of ImagePositionPatient / ImageOrientationPatient / PixelSpacing; it has no channel
-    (``ensure_channel_first`` adds one). :func:`image_loader` registers this reader with ``LoadImaged``.
-    """
-
-    def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
-        """Whether ``filename`` is one folder, or files that are all DICOM (by suffix or preamble)."""
-        paths = [Path(name) for name in ensure_tuple(filename)]
-        if len(paths) == 1 and paths[0].is_dir():
-            return True
-        return all(_claims_dicom(path) for path in paths)
-
-    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs) -> list[Dataset]:
-        """Read the slices of one series (pixels are decoded in :meth:`get_data`), sorted along the normal.
-
-        Raises:
-            DatalistError: the files are unreadable, hold several series, or are not one volume.
-        """
-        paths = [Path(name) for name in ensure_tuple(data)]
-        source = str(paths[0]) if len(paths) == 1 else f"{len(paths)} files from {paths[0].parent}"
-        if len(paths) == 1 and paths[0].is_dir():
-            folder = paths[0]
-            paths = [path for path in sorted(folder.iterdir()) if not path.name.startswith(".") and _claims_dicom(path)]
-        headers = [_read_dicom(path, **kwargs) for path in paths]
-        if not headers:
-            raise DatalistError(f"no DICOM file in {source}")
-        uids = sorted({str(header.SeriesInstanceUID) for header in headers})
-        if len(uids) > 1:
-            raise DatalistError(f"{source} holds {len(uids)} DICOM series {uids}; use datalist_from_dicom_folder")
-        _check_series(headers, f"DICOM series {uids[0]} ({source})")
-        order, _ = _slice_order(headers)
-        return [headers[i] for i in order]
-
-    def get_data(self, img: list[Dataset]) -> tuple[np.ndarray, dict]:
-        """The (column, row, slice) volume in HU as float32, and its metadata (affine, spatial shape ...)."""
-        slices = np.empty((len(img), int(img[0].Rows), int(img[0].Columns)), dtype=np.float32)
-        for k, header in enumerate(img):
-            slices[k] = apply_modality_lut(header.pixel_array, header)
-        volume = np.ascontiguousarray(slices.transpose(2, 1, 0))
-        affine = _series_affine(img)
-        meta = {
-            MetaKeys.AFFINE: affine,
-            MetaKeys.ORIGINAL_AFFINE: affine.copy(),
-            MetaKeys.SPATIAL_SHAPE: np.asarray(volume.shape),
-            MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
-            MetaKeys.SPACE: SpaceKeys.RAS,
-            "spacing": affine_to_spacing(affine, r=3),
-        }
-        return volume, meta
-
-
-def _read_dicom(path: Path, **kwargs) -> Dataset:
-    try:
-        return pydicom.dcmread(path, **kwargs)
-    except Exception as error:  # pydicom raises many types for a corrupt file
-        raise DatalistError(f"unreadable DICOM file {path}: {type(error).__name__}: {error}") from error
-
-
-def _claims_dicom(path: Path) -> bool:
-    return path.suffix.lower() in DICOM_SUFFIXES or (path.is_file() and pydicom.misc.is_dicom(path))
 
 
 # ------------------------------------------------------------------------------------------- paths

@@ -85,14 +85,16 @@ class _Canvas:
 
     def __init__(self, shape: Sequence[int], spacing: Sequence[float]):
         stretch = _REFERENCE_FOV_MM / (np.asarray(shape) * np.asarray(spacing))
-        self.axes = [((np.arange(n) - (n - 1) / 2) * s * k).astype(np.float32) for n, s, k in zip(shape, spacing, stretch)]
+        self.axes = [((np.arange(n) - (n - 1) / 2) * s * k).astype(np.float32)
+                     for n, s, k in zip(shape, spacing, stretch)]
         self.image = np.full(tuple(shape), -1000.0, np.float32)
         self.label = np.zeros(tuple(shape), np.uint8)
         self.cavity = np.zeros(tuple(shape[:2]) + (1,), bool)  # inside the muscle wall; set with the body
 
     def box(self, low, high) -> tuple[slice, ...]:
         """Voxel slices covering the reference-frame box ``[low, high]`` (mm)."""
-        return tuple(slice(np.searchsorted(a, lo), np.searchsorted(a, hi, side="right")) for a, lo, hi in zip(self.axes, low, high))
+        return tuple(slice(np.searchsorted(a, lo), np.searchsorted(a, hi, side="right"))
+                     for a, lo, hi in zip(self.axes, low, high))
 
     def grid(self, box: tuple[slice, ...]) -> tuple[np.ndarray, ...]:
         """Open (broadcastable) grid of the reference-frame coordinates of ``box``."""
@@ -170,7 +172,8 @@ class _Anatomy:
         centre = self.point(centre)
         semi_axes = np.asarray(semi_axes) * self.scale * self.rng.uniform(0.88, 1.12, 3)
         rotation = _rotation(*(np.asarray(degrees) + self.rng.normal(0, 6.0, 3)))
-        cosines = np.column_stack([wobble * self.rng.uniform(0.3, 1, 3), self.rng.normal(0, 1.8, (3, 3)), self.rng.uniform(0, 2 * np.pi, 3)])
+        cosines = np.column_stack([wobble * self.rng.uniform(0.3, 1, 3), self.rng.normal(0, 1.8, (3, 3)),
+                                   self.rng.uniform(0, 2 * np.pi, 3)])
         box, mask = canvas.blob(centre, semi_axes, rotation, cosines)
         return box, mask, centre, semi_axes, rotation
 
@@ -240,7 +243,8 @@ def _draw_bowel(canvas: _Canvas, anatomy: _Anatomy) -> None:
 
 def _draw_liver(canvas: _Canvas, anatomy: _Anatomy) -> None:
     """Right and left lobe, with contrast-filled hepatic veins (still labelled liver)."""
-    for centre, semi_axes, degrees in (((44, 2, 30), (48, 50, 54), (0, 0, 0)), ((-12, 36, 42), (38, 20, 26), (-15, 0, 0))):
+    lobes = (((44, 2, 30), (48, 50, 54), (0, 0, 0)), ((-12, 36, 42), (38, 20, 26), (-15, 0, 0)))
+    for centre, semi_axes, degrees in lobes:
         box, mask, *_ = anatomy.blob(canvas, centre, semi_axes, degrees)
         canvas.paint(box, mask, anatomy.hu(60.0), 6)
     hub = anatomy.point([24, 0, 62])
@@ -267,7 +271,8 @@ def _draw_spleen(canvas: _Canvas, anatomy: _Anatomy) -> None:
 def _draw_kidneys(canvas: _Canvas, anatomy: _Anatomy) -> None:
     """Paravertebral kidneys, upper poles tilted medially, sinus fat opening anteromedially."""
     for label, side, z in ((2, 1, -28), (3, -1, -18)):
-        box, mask, centre, semi_axes, rotation = anatomy.blob(canvas, (49 * side, -30, z), (16, 20, 34), (-30 * side, -15 * side, 0), 0.03)
+        box, mask, centre, semi_axes, rotation = anatomy.blob(
+            canvas, (49 * side, -30, z), (16, 20, 34), (-30 * side, -15 * side, 0), wobble=0.03)
         canvas.paint(box, mask, anatomy.hu(35.0), label)
         sinus = centre + rotation @ [-0.6 * side * semi_axes[0], 0, 0]
         box, mask = canvas.blob(sinus, semi_axes * [0.5, 0.35, 0.5], rotation, np.zeros((0, 5)))
@@ -280,7 +285,8 @@ def _draw_adrenals(canvas: _Canvas, anatomy: _Anatomy) -> None:
         apex, hu = anatomy.point(apex, (2, 2, 3)), anatomy.hu(35.0)
         for degrees in (-25, 25):
             rotation = _rotation(degrees + anatomy.rng.normal(0, 5))
-            box, mask = canvas.blob(apex + rotation @ [0, -7, 0], np.array([3.2, 8, 11]) * anatomy.scale, rotation, np.zeros((0, 5)))
+            limb = np.array([3.2, 8, 11]) * anatomy.scale
+            box, mask = canvas.blob(apex + rotation @ [0, -7, 0], limb, rotation, np.zeros((0, 5)))
             canvas.paint(box, mask, hu, label)
 
 
@@ -344,7 +350,8 @@ def _draw_spine(canvas: _Canvas, anatomy: _Anatomy) -> None:
     def ellipse(cx, cy, ax, ay):
         return ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 <= 1
 
-    arch = ellipse(0, centre_y - 21, 12, 9.5) | ellipse(0, centre_y - 31, 3, 8) | ellipse(17, centre_y - 19, 7, 3) | ellipse(-17, centre_y - 19, 7, 3)
+    arch = (ellipse(0, centre_y - 21, 12, 9.5) | ellipse(0, centre_y - 31, 3, 8)  # lamina and spinous process
+            | ellipse(17, centre_y - 19, 7, 3) | ellipse(-17, centre_y - 19, 7, 3))  # transverse processes
     disc = (z - rng.uniform(0, 27)) % 27.0 < 6.0
     for mask, hu in ((arch, 750.0), (ellipse(0, centre_y, 16, 13), 900.0), (ellipse(0, centre_y, 14, 11), 250.0),
                      (ellipse(0, centre_y, 16, 13) & disc, 80.0), (ellipse(0, centre_y - 21, 7, 6.5), 15.0)):
@@ -394,10 +401,12 @@ def _generator_stamp(num_cases: int, num_validation: int, shape, spacing) -> dic
 
 
 def _read_dataset_json(root: Path) -> dict | None:
+    """The parsed ``root/dataset.json``, or None where it is missing or not a JSON object."""
     try:
-        return json.loads((root / "dataset.json").read_text())
+        dataset = json.loads((root / "dataset.json").read_text())
     except (OSError, ValueError):
         return None
+    return dataset if isinstance(dataset, dict) else None
 
 
 def _is_complete(root: Path, stamp: dict) -> bool:
@@ -411,15 +420,17 @@ def _is_complete(root: Path, stamp: dict) -> bool:
 
 def _is_replaceable(root: Path) -> bool:
     """Whether ``root`` may be deleted: absent, empty, or holding only a (possibly partial) demo dataset."""
-    if not root.exists():
-        return True
+    if not root.is_dir():
+        return not root.exists()
     dataset = _read_dataset_json(root)
     if dataset is not None:
-        return dataset.get("generator", {}).get("module") == GENERATOR
+        generator = dataset.get("generator")
+        return isinstance(generator, dict) and generator.get("module") == GENERATOR
     children = {p.name for p in root.iterdir()}
     if not children <= {"imagesTr", "labelsTr"}:
         return False
-    return all(f.name.startswith("case_") and f.name.endswith(".nii.gz") for c in children for f in (root / c).iterdir())
+    files = [f.name for child in children for f in (root / child).iterdir()]
+    return all(name.startswith("case_") and name.endswith(".nii.gz") for name in files)
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -509,7 +520,7 @@ def ensure_demo_data(root: str | Path | None = None, num_cases: int = 8, num_val
         FileExistsError: ``root`` holds something other than a demo dataset; it is never deleted.
     """
     if not 0 <= num_validation < num_cases:
-        raise ValueError(f"need 0 <= num_validation < num_cases, got num_validation={num_validation}, num_cases={num_cases}")
+        raise ValueError(f"need 0 <= num_validation < num_cases, got {num_validation=}, {num_cases=}")
     root = Path(root or os.environ.get(ENV_ROOT) or DEFAULT_ROOT).expanduser().resolve()
     stamp = _generator_stamp(num_cases, num_validation, shape, spacing)
     if _is_complete(root, stamp):
