@@ -79,7 +79,6 @@ def infer(shape: tuple[int, int, int] = (256, 256, 128), repeats: int = 1) -> di
             "bundle_s": min(times["bundle"]),
         }
         result["ratio"] = result["bundle_s"] / result["bare_s"]
-        print(result)
         return result
 
 
@@ -110,7 +109,6 @@ def data(iterations: int = 12, num_workers: int = 0) -> dict:
         "plain_it_per_s": rate(Dataset(train_list, transform)),
     }
     result["speedup"] = result["cache_it_per_s"] / result["plain_it_per_s"]
-    print(result)
     return result
 
 
