@@ -1,6 +1,6 @@
 """Where a bundle lives, whatever the current directory.
 
-DESIGN.md: outputs stay inside the bundle (``models/``, ``eval/``). A bundle config sets
+Outputs stay inside the bundle (``models/``, ``eval/``). A bundle config sets
 ``"bundle_root": "$common.paths.bundle_root(@bundle_name)"``; MONAI Label and ``--bundle_root`` override it.
 """
 

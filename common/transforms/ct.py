@@ -1,4 +1,4 @@
-"""CT intensity presets used by the papers of the collection (see DESIGN.md, "Data conventions").
+"""CT intensity presets used by the papers of the collection.
 
 Each preset maps a Hounsfield-unit interval linearly to ``[0, 1]`` and clips outside it:
 

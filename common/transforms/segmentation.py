@@ -2,7 +2,7 @@
 
 Recipe (Tang et al., "Self-Supervised Pre-Training of Swin Transformers for 3D Medical Image
 Analysis", CVPR 2022, BTCV fine-tuning; MONAI tutorial ``swin_unetr_btcv_segmentation_3d``):
-orientation RAS, resampling to ``pixdim`` (the collection uses 1.5 mm isotropic, DESIGN.md), HU
+orientation RAS, resampling to ``pixdim`` (the collection uses 1.5 mm isotropic), HU
 -175..250 -> [0, 1], crop to the body, ``num_samples`` random 96^3 crops per volume balanced between
 foreground and background voxels, random flips along each axis (p 0.1), random 90 degree rotations
 (p 0.1), random intensity scaling (0.1, p 0.1) and shifting (0.1, p 0.5).
