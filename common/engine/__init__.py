@@ -1,6 +1,32 @@
-"""The ignite glue shared by the bundles: checkpoints and resuming, experiment tracking."""
+"""The ignite glue shared by the bundles: checkpoints and resuming, experiment tracking, and the
+self-supervised trainer with its schedules, momentum teacher and reconstruction snapshots."""
 
 from common.engine.checkpoints import latest_checkpoint, prepare_checkpoint_dir
+from common.engine.ema import MomentumTeacher
+from common.engine.schedules import (
+    CosineSchedule,
+    lr_schedule,
+    param_groups,
+    warmup_cosine,
+    weight_decay_schedule,
+)
+from common.engine.snapshots import ReconstructionSnapshots, orthogonal_slices_png
 from common.engine.tracking import tracking_uri
+from common.engine.trainer import OptimizerEvents, SelfSupervisedTrainer, loss_terms
 
-__all__ = ["latest_checkpoint", "prepare_checkpoint_dir", "tracking_uri"]
+__all__ = [
+    "CosineSchedule",
+    "MomentumTeacher",
+    "OptimizerEvents",
+    "ReconstructionSnapshots",
+    "SelfSupervisedTrainer",
+    "latest_checkpoint",
+    "loss_terms",
+    "lr_schedule",
+    "orthogonal_slices_png",
+    "param_groups",
+    "prepare_checkpoint_dir",
+    "tracking_uri",
+    "warmup_cosine",
+    "weight_decay_schedule",
+]

@@ -1,6 +1,7 @@
 """CT intensity presets and the standard MONAI transform pipelines of the collection."""
 
 from common.transforms.ct import CT_WINDOWS, ct_window
+from common.transforms.pretraining import pretraining_inference_transforms, pretraining_train_transforms
 from common.transforms.segmentation import (
     segmentation_inference_transforms,
     segmentation_postprocessing,
@@ -11,6 +12,8 @@ from common.transforms.segmentation import (
 __all__ = [
     "CT_WINDOWS",
     "ct_window",
+    "pretraining_inference_transforms",
+    "pretraining_train_transforms",
     "segmentation_inference_transforms",
     "segmentation_postprocessing",
     "segmentation_train_transforms",

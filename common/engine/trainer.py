@@ -1,0 +1,202 @@
+"""The generic self-supervised trainer: one method module, one optimizer, the usual MONAI handlers.
+
+A *method* is an ``nn.Module`` whose ``forward(batch: dict) -> dict`` returns
+
+* ``"loss"``: the scalar total loss to back-propagate;
+* ``"loss/<name>"``: scalar named parts of it (e.g. ``"loss/recon"``), detached or not;
+* optionally ``"images"``: ``{name: tensor}`` of shape (B, 1, D, H, W) or (B, 1, H, W), values roughly in
+  [0, 1], in display order (e.g. input, masked, reconstruction, target).
+
+A method with a momentum teacher also defines ``update_teacher(momentum: float) -> None``, called by
+:class:`common.engine.MomentumTeacher` after every optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import EventEnum
+from monai.engines import Trainer
+from monai.engines.workflow import Workflow
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+LOSS = "loss"
+IMAGES = "images"
+
+
+class OptimizerEvents(EventEnum):
+    """Events fired by :class:`SelfSupervisedTrainer`.
+
+    ``STEP_COMPLETED`` fires right after ``optimizer.step()``: once per ``accumulation_steps`` iterations and
+    at the end of an epoch; ``engine.state.optimizer_steps`` already counts that step.
+    """
+
+    STEP_COMPLETED = "optimizer_step_completed"
+
+
+def loss_terms(output: Mapping[str, Any]) -> dict[str, float]:
+    """The ``"loss"`` and ``"loss/<name>"`` entries of a :class:`SelfSupervisedTrainer` output.
+
+    Use it as ``output_transform`` of ``StatsHandler`` and ``MLFlowHandler``
+    (``"output_transform": "$common.engine.loss_terms"``): each entry becomes its own printed value / MLflow
+    metric, named as in the output (``loss``, ``loss/recon``, ...).
+    """
+    return {key: value for key, value in output.items() if key == LOSS or key.startswith(LOSS + "/")}
+
+
+class SelfSupervisedTrainer(Trainer):
+    """Trains a self-supervised method: forward the batch dict, back-propagate ``"loss"``, step the optimizer.
+
+    A MONAI ``Trainer``, so MONAI handlers work as usual: ``StatsHandler`` / ``MLFlowHandler`` (with
+    ``output_transform=loss_terms``), ``CheckpointSaver`` / ``CheckpointLoader`` with
+    ``save_dict={"method": ..., "optimizer": ..., "trainer": ...}``, ``LrScheduleHandler``.
+
+    ``engine.state.output`` after each iteration is a dict: every ``"loss"`` / ``"loss/<name>"`` entry of the
+    method output as a Python float, and, when the method returned them, ``"images"``: ``{name: tensor}`` of
+    the first sample only, detached, shape (1, *spatial) (channel first), still on the device.
+
+    ``engine.state.optimizer_steps`` counts optimizer steps (saved and restored with the ``"trainer"``
+    checkpoint entry) and :attr:`OptimizerEvents.STEP_COMPLETED` fires after each.
+
+    Args:
+        device: where the method runs; tensors at the top level of the batch dict are moved there.
+        max_epochs: number of epochs to train.
+        train_data_loader: yields dicts with at least ``"image"``: (B, C, *spatial) float tensor; other keys
+            (meta data, ...) are passed through to the method.
+        method: the ``nn.Module`` described in this module's docstring.
+        optimizer: optimizer of the method's trainable parameters.
+        epoch_length: iterations per epoch, default ``len(train_data_loader)``.
+        non_blocking: asynchronous host-to-device copies of the batch tensors.
+        amp: mixed precision with ``torch.autocast`` on the device type. On CUDA the default ``amp_dtype`` is
+            float16 with a ``torch.amp.GradScaler``; on other devices (CPU) it is bfloat16, which keeps
+            float32's exponent range and needs no scaler. The scaler's state is not checkpointed: after a
+            resume it re-calibrates within a few steps.
+        amp_dtype: autocast dtype overriding the default above; a scaler is used only for float16 on CUDA.
+        grad_clip_norm: clip the total gradient norm (2-norm over the method's parameters) to this value
+            before each optimizer step; ``None`` does not clip.
+        accumulation_steps: accumulate gradients over this many iterations (each loss divided by it) before
+            one optimizer step and ``zero_grad``; a shorter last window of an epoch is stepped at the end of
+            the epoch. With an unknown epoch length (iterable data) a window may span two epochs.
+        train_handlers: handlers with ``attach(engine)``, attached after everything above is set up, so they
+            may read ``engine.method``, ``engine.optimizer``, ``engine.accumulation_steps`` and
+            ``engine.state.epoch_length`` / ``max_epochs`` when attached.
+
+    Raises:
+        ValueError: ``accumulation_steps`` < 1 or ``grad_clip_norm`` <= 0; during training, when the method's
+            output lacks ``"loss"``.
+        FloatingPointError: during training, when the loss is NaN or infinite.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable | DataLoader,
+        method: nn.Module,
+        optimizer: Optimizer,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        amp: bool = False,
+        amp_dtype: torch.dtype | None = None,
+        grad_clip_norm: float | None = None,
+        accumulation_steps: int = 1,
+        train_handlers: Sequence | None = None,
+    ) -> None:
+        if accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be a positive integer, got {accumulation_steps!r}")
+        if grad_clip_norm is not None and grad_clip_norm <= 0:
+            raise ValueError(f"grad_clip_norm must be positive or None, got {grad_clip_norm!r}")
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            amp=amp,
+            event_names=[OptimizerEvents],
+            decollate=False,
+        )
+        self.method = method
+        self.optimizer = optimizer
+        self.grad_clip_norm = grad_clip_norm
+        self.accumulation_steps = accumulation_steps
+        device_type = self.state.device.type
+        self.amp_dtype = amp_dtype or (torch.float16 if device_type == "cuda" else torch.bfloat16)
+        use_scaler = amp and device_type == "cuda" and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.state.optimizer_steps = 0
+        self.state_dict_user_keys.append("optimizer_steps")
+        self._micro_batches = 0  # backward passes since the last optimizer step
+        if train_handlers is not None:
+            self._register_handlers(train_handlers)
+
+    def run(self) -> None:  # type: ignore[override]
+        """Train. Skips ``Trainer.run``, which would replace the scaler chosen above by a CUDA float16 one."""
+        Workflow.run(self)
+
+    def _iteration(self, engine: SelfSupervisedTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
+        """One forward / backward pass, and an optimizer step when the accumulation window is complete.
+
+        Args:
+            engine: this trainer.
+            batchdata: the batch dict from the data loader.
+
+        Returns:
+            The float loss terms and, if any, the first sample's ``"images"`` (see the class docstring).
+        """
+        batch = {
+            key: value.to(engine.state.device, non_blocking=engine.non_blocking) if torch.is_tensor(value) else value
+            for key, value in batchdata.items()
+        }
+        engine.method.train()
+        if engine._micro_batches == 0:
+            engine.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(engine.state.device.type, dtype=engine.amp_dtype, enabled=engine.amp):
+            result = engine.method(batch)
+        losses = engine._loss_values(result)
+        loss = result[LOSS] / engine.accumulation_steps
+        (engine.scaler.scale(loss) if engine.scaler is not None else loss).backward()
+        engine._micro_batches += 1
+        epoch_length = engine.state.epoch_length
+        epoch_ends = epoch_length is not None and engine.state.iteration % epoch_length == 0
+        if engine._micro_batches == engine.accumulation_steps or epoch_ends:
+            engine._optimizer_step()
+        output: dict[str, Any] = dict(losses)
+        if IMAGES in result:
+            output[IMAGES] = {name: image[0].detach() for name, image in result[IMAGES].items()}
+        return output
+
+    def _loss_values(self, result: Mapping[str, Any]) -> dict[str, float]:
+        """The loss terms of the method output as floats, after checking that ``"loss"`` is there and finite."""
+        if LOSS not in result:
+            raise ValueError(
+                f"{type(self.method).__name__}.forward must return a dict with {LOSS!r} (the total loss to "
+                f"back-propagate); got keys {sorted(result)} at iteration {self.state.iteration}"
+            )
+        losses = {key: float(torch.as_tensor(value).detach()) for key, value in loss_terms(result).items()}
+        if not math.isfinite(losses[LOSS]):
+            parts = ", ".join(f"{key}={value:.6g}" for key, value in losses.items())
+            raise FloatingPointError(
+                f"non-finite loss at iteration {self.state.iteration} (epoch {self.state.epoch}): {parts}"
+            )
+        return losses
+
+    def _optimizer_step(self) -> None:
+        """Clip, step, count the step and fire :attr:`OptimizerEvents.STEP_COMPLETED`."""
+        if self.grad_clip_norm is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.method.parameters(), self.grad_clip_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self._micro_batches = 0
+        self.state.optimizer_steps += 1
+        self.fire_event(OptimizerEvents.STEP_COMPLETED)

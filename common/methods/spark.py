@@ -1,0 +1,129 @@
+"""SparK: sparse masked modelling of a hierarchical (CNN or hybrid) encoder, and SparK-3D on MedNeXt.
+
+Tian et al., "Designing BERT for Convolutional Networks: Sparse and Hierarchical Masked Modeling",
+ICLR 2023. One step:
+
+1. draw a mask on the coarsest grid (one cell per ``downsample_ratio`` patch), exact keep count per sample;
+2. encode the visible region only, every scale seeing the up-sampled mask (:mod:`common.sparse`);
+3. densify: fill each scale's masked positions with a learnable mask token and project to the decoder width;
+4. decode with a light U-shaped decoder (:class:`~common.networks.light_decoder.LightDecoder`);
+5. per-patch normalised MSE on the masked patches (:class:`~common.losses.MaskedPatchReconstructionLoss`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from common.losses import MaskedPatchReconstructionLoss, patchify, unpatchify
+from common.masking import random_patch_mask, upsample_mask
+from common.networks.light_decoder import LightDecoder
+from common.networks.mednext import MedNeXtEncoder
+from common.sparse import encode_visible, resolve_backend, sparsify
+
+
+class SparK(nn.Module):
+    """Sparse masked modelling around any encoder that returns a list of feature maps, fine to coarse.
+
+    Args:
+        encoder: dense encoder with ``feature_channels`` and ``downsample_ratio`` attributes; made sparse
+            in place, its parameter names unchanged (``encoder.*`` in this module's state dict).
+        decoder_width: width of the decoder's coarsest block (768 in SparK and HySparK).
+        num_levels: how many of the coarsest encoder maps feed the decoder (4: the 1/2 .. 1/16 maps;
+            the full-resolution map is not used, see the bundles' docs).
+        skip: ``"add"`` (SparK) or ``"concat"`` (HySparK), see :class:`LightDecoder`.
+        mask_ratio: fraction of masked patches.
+        sparse_backend: ``auto``, ``masked`` or ``spconv`` (:func:`common.sparse.resolve_backend`).
+        in_channels: image channels (reconstructed channels).
+
+    ``forward({"image": (B, C, *S)})`` returns ``{"loss", "loss/recon", "images"}``; ``S`` must be a
+    multiple of ``encoder.downsample_ratio``.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder_width: int = 768,
+        num_levels: int = 4,
+        skip: str = "add",
+        mask_ratio: float = 0.75,
+        sparse_backend: str = "auto",
+        in_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        self.encoder = sparsify(encoder)
+        self.patch_size = encoder.downsample_ratio
+        self.mask_ratio = mask_ratio
+        self.sparse_backend = sparse_backend
+        self.num_levels = num_levels
+        channels = list(reversed(encoder.feature_channels))[:num_levels]  # coarse to fine
+        widths = [decoder_width // 2**i for i in range(num_levels)]
+        self.mask_tokens = nn.ParameterList(nn.Parameter(torch.zeros(1, c, 1, 1, 1)) for c in channels)
+        for token in self.mask_tokens:
+            nn.init.trunc_normal_(token, std=0.02, a=-0.02, b=0.02)
+        # SparK: 1x1 projection at the coarsest scale, 3x3 at the finer ones.
+        self.densify = nn.ModuleList(
+            nn.Conv3d(c, w, kernel_size=1 if i == 0 else 3, padding=0 if i == 0 else 1)
+            for i, (c, w) in enumerate(zip(channels, widths))
+        )
+        num_upsamples = self.patch_size.bit_length() - 1
+        if 2**num_upsamples != self.patch_size:
+            raise ValueError(f"the encoder's down-sampling must be a power of two, got {self.patch_size}")
+        self.decoder = LightDecoder(decoder_width, num_upsamples, skip, out_channels=in_channels)
+        self.loss = MaskedPatchReconstructionLoss(self.patch_size)
+
+    def mask(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A fresh ``(B, 1, *grid)`` visible mask for ``image``."""
+        grid = [s // self.patch_size for s in image.shape[2:]]
+        return random_patch_mask(image.shape[0], grid, self.mask_ratio, generator, image.device)
+
+    def reconstruct(self, image: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Decoder output ``(B, C, *S)`` (per-patch normalised units) from the visible part of ``image``."""
+        backend = resolve_backend(self.sparse_backend, image.device)
+        features = encode_visible(self.encoder, image, visible, backend)
+        to_decoder = []
+        for feature, token, project in zip(reversed(features), self.mask_tokens, self.densify):
+            where = upsample_mask(visible, feature.shape[2:])
+            to_decoder.append(project(torch.where(where, feature, token.to(feature.dtype))))
+        return self.decoder(to_decoder)
+
+    def forward(self, batch: dict) -> dict:
+        image = batch["image"]
+        visible = self.mask(image)
+        prediction = self.reconstruct(image, visible)
+        loss = self.loss(prediction, image, visible)
+        return {"loss": loss, "loss/recon": loss.detach(), "images": self.images(image, prediction, visible)}
+
+    @torch.no_grad()
+    def images(self, image: torch.Tensor, prediction: torch.Tensor, visible: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What to look at, all ``(B, C, *S)`` in image intensities.
+
+        ``input``; ``masked``: the visible part the encoder saw; ``reconstruction``: the prediction
+        mapped back with each patch's own mean and std, pasted into the masked patches of the input;
+        ``target``: the masked patches the loss scores.
+        """
+        _, mean, std = self.loss.normalized_target(image)
+        predicted = unpatchify(patchify(prediction.float(), self.patch_size) * std + mean, self.patch_size, image)
+        where = upsample_mask(visible, image.shape[2:])
+        return {
+            "input": image,
+            "masked": image * where,
+            "reconstruction": torch.where(where, image, predicted.to(image.dtype)),
+            "target": image * ~where,
+        }
+
+
+class SparK3D(SparK):
+    """SparK-3D, HySparK's CNN baseline: SparK on MONAI's MedNeXt encoder with additive skips.
+
+    Args:
+        variant: MedNeXt size (``S``: 32 channels, 2 blocks per stage, expansion 2).
+        kernel_size: MedNeXt depth-wise kernel.
+        in_channels: image channels.
+        **kwargs: :class:`SparK` options (``mask_ratio``, ``decoder_width``, ``sparse_backend`` ...).
+    """
+
+    def __init__(self, variant: str = "S", kernel_size: int = 3, in_channels: int = 1, **kwargs) -> None:
+        super().__init__(MedNeXtEncoder(variant, in_channels, kernel_size), skip="add", in_channels=in_channels, **kwargs)
