@@ -18,7 +18,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 # Keys under which training frameworks nest the weights; tried in this order.
-STATE_DICT_KEYS = ("model", "state_dict", "network", "net")
+STATE_DICT_KEYS = ("model", "state_dict", "network", "net", "method")
 # Prefixes added by wrappers (DistributedDataParallel, torch.compile); stripped before matching.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -64,6 +64,7 @@ def load_pretrained(
     path: str | Path,
     *,
     exclude: Sequence[str] = (),
+    rename: Mapping[str, str] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> TransferReport:
     """Load the tensors of a checkpoint into ``network`` where names and shapes match, and report the rest.
@@ -73,6 +74,9 @@ def load_pretrained(
         path: a ``.pt`` checkpoint: a plain state dict, or a dict holding one under a key of
             :data:`STATE_DICT_KEYS` (as the bundles' ``CheckpointSaver`` writes full training states).
         exclude: name prefixes never loaded (e.g. ``("out.",)`` to re-initialise a segmentation head).
+        rename: checkpoint name prefix -> network name prefix, e.g. ``{"encoder.": ""}`` to load the
+            encoder of a pre-training method into a network whose encoder sits at the top level. When
+            given, only checkpoint tensors under one of its prefixes are considered.
         map_location: where to load the tensors.
 
     Returns:
@@ -89,6 +93,13 @@ def load_pretrained(
     source = extract_state_dict(checkpoint)
     if not source:
         raise ValueError(f"{path} holds no tensors (looked at the top level and under {STATE_DICT_KEYS})")
+    if rename:
+        source = {
+            new + name[len(old) :]: tensor
+            for name, tensor in source.items()
+            for old, new in rename.items()
+            if name.startswith(old)
+        }
 
     target = network.state_dict()
     report = TransferReport()

@@ -1,5 +1,15 @@
 """Encoders, decoders and downstream networks (MONAI's wherever MONAI has them)."""
 
-from common.networks.segmentation import SEGMENTATION_ARCHS, segmentation_network
+from common.networks.hybrid import HybridEncoder, HybridSegmentationNet, hybrid_config
+from common.networks.mednext import MedNeXtEncoder
+from common.networks.segmentation import PRETRAINED_ENCODER_RENAME, SEGMENTATION_ARCHS, segmentation_network
 
-__all__ = ["SEGMENTATION_ARCHS", "segmentation_network"]
+__all__ = [
+    "PRETRAINED_ENCODER_RENAME",
+    "SEGMENTATION_ARCHS",
+    "HybridEncoder",
+    "HybridSegmentationNet",
+    "MedNeXtEncoder",
+    "hybrid_config",
+    "segmentation_network",
+]

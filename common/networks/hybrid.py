@@ -20,6 +20,16 @@ from torch import nn
 from common.networks.layers import ChannelsFirstLayerNorm
 from common.sparse.tokens import from_tokens, to_tokens
 
+# The paper's encoder, and the small one the bundles use on a CPU (same structure, ~1/16 of the compute).
+PAPER_HYBRID = {"channels": (32, 64, 128, 256, 384), "depths": (1, 1, 3, 3, 1), "vit_depth": 3, "num_heads": 12}
+CPU_DEMO_HYBRID = {"channels": (8, 16, 32, 64, 96), "depths": (1, 1, 1, 1, 1), "vit_depth": 3, "num_heads": 4}
+
+
+def hybrid_config(cpu_demo_scale: bool = False) -> dict:
+    """Encoder sizes shared by ``hyspark_pretrain`` and ``btcv_segmentation`` (``arch: hyspark``), so a CPU
+    demo checkpoint fine-tunes into a network of the same shape."""
+    return dict(CPU_DEMO_HYBRID if cpu_demo_scale else PAPER_HYBRID)
+
 
 def _with_layer_norm(block: MedNeXtBlock, channels: int) -> MedNeXtBlock:
     """HySparK's MedNeXt blocks normalise with a channels-first LayerNorm where MONAI's use GroupNorm(C, C)."""

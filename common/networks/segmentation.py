@@ -6,18 +6,30 @@ All three are MONAI's own networks; this module only fixes the configurations th
   of Tang et al. (CVPR 2022); the encoder HySparK / MiM transfer into.
 * ``unetr``: UNETR (Hatamizadeh et al. 2022) on a ViT-B/16 (hidden 768, MLP 3072, 12 heads, 12 layers,
   patch 16), ``feature_size`` 16; the encoder GL-MAE / MAE3D transfer into.
-* ``mednext``: MedNeXt (Roy et al. 2023), the CNN of HySparK, variant given by ``mednext_variant``.
+* ``mednext``: MedNeXt (Roy et al. 2023), variant given by ``mednext_variant``; the network SparK-3D
+  (``spark3d_pretrain``) pre-trains the encoder of.
+* ``hyspark``: HySparK's hybrid MedNeXt + ViT encoder under a MedNeXt-style decoder
+  (:class:`~common.networks.hybrid.HybridSegmentationNet`), initialised from ``hyspark_pretrain``.
+
+:data:`PRETRAINED_ENCODER_RENAME` says where a pre-training method's ``encoder.*`` tensors go.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from collections.abc import Mapping
+
 from monai.networks.nets import UNETR, SwinUNETR
 from monai.networks.nets.mednext import create_mednext
 from torch import nn
 
-SEGMENTATION_ARCHS = ("swin_unetr", "unetr", "mednext")
+from common.networks.hybrid import PAPER_HYBRID, HybridSegmentationNet
+
+SEGMENTATION_ARCHS = ("swin_unetr", "unetr", "mednext", "hyspark")
+
+# Pre-training checkpoint prefix -> segmentation network prefix (``common.transfer.load_pretrained(rename=...)``).
+PRETRAINED_ENCODER_RENAME = {"mednext": {"encoder.": ""}, "hyspark": {"encoder.": "encoder."}}
 
 
 def segmentation_network(
@@ -27,6 +39,7 @@ def segmentation_network(
     roi_size: Sequence[int] = (96, 96, 96),
     feature_size: int | None = None,
     mednext_variant: str = "S",
+    hybrid_config: Mapping | None = None,
 ) -> nn.Module:
     """Build the segmentation network named by ``arch``.
 
@@ -38,6 +51,8 @@ def segmentation_network(
         feature_size: width of Swin UNETR / UNETR (paper defaults 48 / 16 when ``None``); MedNeXt's
             width is fixed by its variant (32).
         mednext_variant: MedNeXt size, ``S``, ``B``, ``M`` or ``L`` (kernel 3).
+        hybrid_config: sizes of the ``hyspark`` encoder (:func:`~common.networks.hybrid.hybrid_config`);
+            the paper's when ``None``. Must match the pre-training checkpoint.
 
     Returns:
         A network mapping ``(B, in_channels, *roi_size)`` to logits ``(B, out_channels, *roi_size)``.
@@ -59,4 +74,6 @@ def segmentation_network(
         )
     if arch == "mednext":
         return create_mednext(mednext_variant, spatial_dims=3, in_channels=in_channels, out_channels=out_channels)
+    if arch == "hyspark":
+        return HybridSegmentationNet(in_channels, out_channels, **(hybrid_config or PAPER_HYBRID))
     raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {SEGMENTATION_ARCHS}")
