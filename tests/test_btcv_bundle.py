@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from common.data import image_loader
+from common.methods import HySparK, SparK3D
+from common.networks import hybrid_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,3 +122,27 @@ def test_inference_on_real_ct(trained, tmp_path, shared_data, name):
     predictions = _inference(trained, tmp_path, str(source))
     assert len(predictions) == 1
     _assert_same_grid(predictions[0], str(source))
+
+
+
+PRE_TRAINED = {
+    "hyspark": lambda: HySparK(**hybrid_config(cpu_demo_scale=True), decoder_width=32),
+    "mednext": lambda: SparK3D(decoder_width=32),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(PRE_TRAINED))
+def test_fine_tunes_from_a_pre_training_checkpoint(tmp_path, arch):
+    """A pre-training method's state dict (what hyspark_pretrain / spark3d_pretrain save as model.pt) loads into
+    the network of ``arch`` and training runs (32^3 crops, no validation, to stay quick)."""
+    torch.manual_seed(0)
+    pretrained = tmp_path / "pretrained.pt"
+    torch.save(PRE_TRAINED[arch]().state_dict(), pretrained)
+    models = tmp_path / "models"
+    result = run_bundle(
+        [TRAIN, SMOKE], arch=arch, pretrained=pretrained, roi_size="[32,32,32]", val_interval=2,
+        ckpt_dir=models, output_dir=tmp_path / "eval",
+    )
+    log = result.stdout + result.stderr
+    assert f"loaded {pretrained}" in log and " 0 with a different shape" in log
+    assert torch.load(models / "checkpoint_final.pt", weights_only=False)["trainer"]["iteration"] == 2
