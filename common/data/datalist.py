@@ -148,6 +148,23 @@ def inference_datalist(source: str | os.PathLike, key: str = "test", skip_unread
     return [{"image": entry["image"]} for entry in load_datalist(path, key, skip_unreadable=skip_unreadable)]
 
 
+def pretraining_datalist(source: str | os.PathLike, skip_unreadable: bool = False) -> list[dict]:
+    """Every image a self-supervised method may train on: ``[{"image": ...}, ...]``, labels left out.
+
+    A ``dataset.json`` contributes its ``training`` and ``validation`` images (a downstream task's test
+    images stay unseen); a folder contributes all its images or DICOM series.
+
+    Raises:
+        DatalistError: as :func:`load_datalist`.
+    """
+    path = _absolute(source)
+    json_path = _msd_json(path)
+    keys = ["training"]
+    if json_path is not None and "validation" in json.loads(Path(json_path).read_text()):
+        keys.append("validation")
+    return [{"image": entry["image"]} for key in keys for entry in load_datalist(path, key, skip_unreadable=skip_unreadable)]
+
+
 def datalist_from_msd(json_path: str | os.PathLike, key: str = "training", skip_unreadable: bool = False) -> list[dict]:
     """Datalist from an MSD-style ``dataset.json``, read with :func:`monai.data.load_decathlon_datalist`.
 
