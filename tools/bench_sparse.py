@@ -2,8 +2,8 @@
 code) and the ``spconv`` (true sparsity) back-ends: time and peak memory, measured side by side.
 
 Each measurement runs in a fresh process (``spawn``), so peak memory is that process's own: CUDA's
-``max_memory_allocated`` on a GPU, the growth of the peak resident set over the process's state just
-before the step on the CPU.
+``max_memory_allocated`` above the memory held before the measured steps on a GPU; on the CPU the growth
+of the peak resident set over the process's state after building the method (AdamW's state included).
 """
 
 from __future__ import annotations
@@ -37,12 +37,14 @@ def _step(method_name: str, backend: str, size: int, batch: int, steps: int, war
         loss.backward()
         optimizer.step()
 
+    # ru_maxrss never decreases, so on the CPU the baseline is taken before the warm-up steps.
+    base_mb = None if device.type == "cuda" else _peak_rss_mb()
     for _ in range(warmup):
         one_step()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    base_mb = torch.cuda.memory_allocated() / 2**20 if device.type == "cuda" else _peak_rss_mb()
+        base_mb = torch.cuda.memory_allocated() / 2**20
     start = time.perf_counter()
     for _ in range(steps):
         one_step()

@@ -3,7 +3,6 @@ self-supervised trainer with its schedules, momentum teacher and reconstruction 
 
 from common.engine.checkpoints import latest_checkpoint, prepare_checkpoint_dir
 from common.engine.ema import MomentumTeacher
-from common.engine.export import export_reconstructions
 from common.engine.schedules import (
     CosineSchedule,
     lr_schedule,
@@ -22,7 +21,6 @@ __all__ = [
     "ReconstructionSnapshots",
     "SelfSupervisedTrainer",
     "latest_checkpoint",
-    "export_reconstructions",
     "loss_terms",
     "lr_schedule",
     "orthogonal_slices_png",

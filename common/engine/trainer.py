@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from ignite.engine import EventEnum
+from monai.data import MetaTensor
 from monai.engines import Trainer
 from monai.engines.workflow import Workflow
 from torch import nn
@@ -47,6 +48,11 @@ def loss_terms(output: Mapping[str, Any]) -> dict[str, float]:
     metric, named as in the output (``loss``, ``loss/recon``, ...).
     """
     return {key: value for key, value in output.items() if key == LOSS or key.startswith(LOSS + "/")}
+
+
+def as_plain_tensor(value: torch.Tensor) -> torch.Tensor:
+    """``value`` without MONAI's meta data (a no-op for plain tensors)."""
+    return value.as_tensor() if isinstance(value, MetaTensor) else value
 
 
 class SelfSupervisedTrainer(Trainer):
@@ -149,8 +155,12 @@ class SelfSupervisedTrainer(Trainer):
         Returns:
             The float loss terms and, if any, the first sample's ``"images"`` (see the class docstring).
         """
+        # MONAI's MetaTensors become plain tensors: the methods need no meta data, and every operation on a
+        # MetaTensor pays for propagating it.
         batch = {
-            key: value.to(engine.state.device, non_blocking=engine.non_blocking) if torch.is_tensor(value) else value
+            key: as_plain_tensor(value).to(engine.state.device, non_blocking=engine.non_blocking)
+            if torch.is_tensor(value)
+            else value
             for key, value in batchdata.items()
         }
         engine.method.train()

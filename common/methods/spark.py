@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.data import MetaTensor
 from torch import nn
 
 from common.losses import MaskedPatchReconstructionLoss, patchify, unpatchify
@@ -81,6 +82,7 @@ class SparK(nn.Module):
 
     def reconstruct(self, image: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """Decoder output ``(B, C, *S)`` (per-patch normalised units) from the visible part of ``image``."""
+        image = image.as_tensor() if isinstance(image, MetaTensor) else image  # no meta data through the network
         backend = resolve_backend(self.sparse_backend, image.device)
         features = encode_visible(self.encoder, image, visible, backend)
         to_decoder = []

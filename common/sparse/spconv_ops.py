@@ -242,7 +242,7 @@ def sparse_max_pool(x: SparseTensor, pool: torch.nn.modules.pooling._MaxPoolNd) 
     out_shape = [size // s for size, s in zip(x.spatial_shape, stride)]
     out_indices, parent = downsampled(x, stride, out_shape)
     features = x.features
-    pooled = features.new_empty(out_indices.shape[0], features.shape[1]).scatter_reduce(
+    pooled = features.new_empty((out_indices.shape[0], features.shape[1])).scatter_reduce(
         0, parent[:, None].expand_as(features), features, reduce="amax", include_self=False
     )
     return SparseTensor(pooled, out_indices, out_shape, x.batch_size)
