@@ -11,7 +11,6 @@ the batches got easier. The network is the CPU demo size of ``hyspark_pretrain``
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import fire
 import torch

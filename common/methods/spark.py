@@ -12,8 +12,6 @@ ICLR 2023. One step:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from monai.data import MetaTensor
 from torch import nn

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import torch
@@ -13,8 +12,6 @@ from common.networks.layers import ChannelsFirstLayerNorm
 from common.sparse import layers
 from common.sparse.context import visible_region
 from common.sparse.spconv_ops import is_sparse, to_dense, to_sparse
-
-logger = logging.getLogger(__name__)
 
 SPARSE_BACKENDS = ("auto", "masked", "spconv")
 

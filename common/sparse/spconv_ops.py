@@ -165,7 +165,6 @@ class _RulebookConv(torch.autograd.Function):
 
 def rulebook_conv(x: SparseTensor, conv: torch.nn.modules.conv._ConvNd) -> SparseTensor:
     """A depth-wise or strided convolution of a sparse map, computed on visible positions only."""
-    ndim = len(conv.kernel_size)
     if any(s > 1 for s in conv.stride):
         out_shape = [
             (size + 2 * p - d * (k - 1) - 1) // s + 1
