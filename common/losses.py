@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -61,3 +62,42 @@ class MaskedPatchReconstructionLoss(nn.Module):
         per_patch = (patchify(prediction, self.patch_size).float() - target).square().mean(dim=-1)
         masked = (~visible).flatten(1).to(per_patch.dtype)
         return (per_patch * masked).sum() / masked.sum().clamp_min(1)
+
+
+class CrossLevelContrastiveLoss(nn.Module):
+    """MiM's cross-level alignment L_C (Zhuang et al., MiM, eq. 4-6): each finer volume's context vector must
+    pick, among the regions of the coarser volume it was drawn from, the region it came from.
+
+    ``infonce`` (eq. 4-6): ``-log( exp(cos(c_j, r_{k_j}) / tau) / sum_k exp(cos(c_j, r_k) / tau) )``, averaged
+    over the finer volumes ``j``, with ``r_k`` the coarser volume's region features and ``k_j`` the region ``j``
+    was drawn from (the positive; the other regions of the same coarser volume are the negatives).
+    ``byol`` (the paper's ablation): ``2 - 2 cos(c_j, r_{k_j})``, positives only.
+
+    Args:
+        temperature: ``tau`` of ``infonce``.
+        kind: ``infonce`` or ``byol``.
+    """
+
+    KINDS = ("infonce", "byol")
+
+    def __init__(self, temperature: float = 0.2, kind: str = "infonce") -> None:
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown contrastive loss {kind!r}; choose one of {self.KINDS}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = temperature
+        self.kind = kind
+
+    def forward(self, context: torch.Tensor, regions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            context: ``(N, G, D)``, the context vectors of the ``G`` finer volumes of each of ``N`` coarser ones.
+            regions: ``(N, R, D)``, the features of the ``R`` regions of each coarser volume.
+            labels: ``(N, G)`` long, the region each finer volume was drawn from.
+        """
+        context, regions = F.normalize(context.float(), dim=-1), F.normalize(regions.float(), dim=-1)
+        similarity = torch.einsum("ngd,nrd->ngr", context, regions)
+        if self.kind == "byol":
+            return (2 - 2 * similarity.gather(-1, labels[..., None])).mean()
+        return F.cross_entropy((similarity / self.temperature).flatten(0, 1), labels.flatten())

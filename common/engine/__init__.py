@@ -10,6 +10,7 @@ from common.engine.schedules import (
     warmup_cosine,
     weight_decay_schedule,
 )
+from common.engine.progress import TrainingProgress
 from common.engine.snapshots import ReconstructionSnapshots, orthogonal_slices_png
 from common.engine.tracking import tracking_uri
 from common.engine.trainer import OptimizerEvents, SelfSupervisedTrainer, loss_terms
@@ -20,6 +21,7 @@ __all__ = [
     "OptimizerEvents",
     "ReconstructionSnapshots",
     "SelfSupervisedTrainer",
+    "TrainingProgress",
     "latest_checkpoint",
     "loss_terms",
     "lr_schedule",

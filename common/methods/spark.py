@@ -16,8 +16,9 @@ import torch
 from monai.data import MetaTensor
 from torch import nn
 
-from common.losses import MaskedPatchReconstructionLoss, patchify, unpatchify
+from common.losses import MaskedPatchReconstructionLoss
 from common.masking import random_patch_mask, upsample_mask
+from common.methods.images import masked_reconstruction_images
 from common.networks.light_decoder import LightDecoder
 from common.networks.mednext import MedNeXtEncoder
 from common.sparse import encode_visible, resolve_backend, sparsify
@@ -96,23 +97,9 @@ class SparK(nn.Module):
         loss = self.loss(prediction, image, visible)
         return {"loss": loss, "loss/recon": loss.detach(), "images": self.images(image, prediction, visible)}
 
-    @torch.no_grad()
     def images(self, image: torch.Tensor, prediction: torch.Tensor, visible: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What to look at, all ``(B, C, *S)`` in image intensities.
-
-        ``input``; ``masked``: the visible part the encoder saw; ``reconstruction``: the prediction
-        mapped back with each patch's own mean and std, pasted into the masked patches of the input;
-        ``target``: the masked patches the loss scores.
-        """
-        _, mean, std = self.loss.normalized_target(image)
-        predicted = unpatchify(patchify(prediction.float(), self.patch_size) * std + mean, self.patch_size, image)
-        where = upsample_mask(visible, image.shape[2:])
-        return {
-            "input": image,
-            "masked": image * where,
-            "reconstruction": torch.where(where, image, predicted.to(image.dtype)),
-            "target": image * ~where,
-        }
+        """``input``, ``masked``, ``reconstruction`` and ``target`` (:func:`masked_reconstruction_images`)."""
+        return masked_reconstruction_images(image, prediction, visible, self.loss)
 
 
 class SparK3D(SparK):

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 import torch
 from monai.networks.blocks import TransformerBlock, UnetOutBlock, UnetResBlock
 from monai.networks.blocks.mednext_block import MedNeXtBlock, MedNeXtUpBlock
-from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import nn
 
-from common.networks.layers import ChannelsFirstLayerNorm
+from common.networks.layers import ChannelsFirstLayerNorm, sincos_position_embedding
 from common.sparse.tokens import from_tokens, to_tokens
 
 # The paper's encoder, and the small one the bundles use on a CPU (same structure, ~1/16 of the compute).
@@ -62,19 +61,11 @@ class TokenTransformer(nn.Module):
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(width)
-        self._pos_embed: dict[tuple, torch.Tensor] = {}
-
-    def position_embedding(self, grid: Sequence[int], device: torch.device) -> torch.Tensor:
-        """``(L, C)`` fixed sin-cos embedding of a grid (computed once per grid size, not a parameter)."""
-        key = (tuple(grid), str(device))
-        if key not in self._pos_embed:
-            embed = build_sincos_position_embedding(list(grid), self.width, spatial_dims=len(grid))
-            self._pos_embed[key] = embed.data[0].to(device)
-        return self._pos_embed[key]
 
     def forward(self, x):
         tokens, positions, grid = to_tokens(x)
-        tokens = tokens + self.position_embedding(grid, tokens.device)[positions].to(tokens.dtype)
+        position_embedding = sincos_position_embedding(grid, self.width, tokens.device)
+        tokens = tokens + position_embedding[positions].to(tokens.dtype)
         for block in self.blocks:
             tokens = block(tokens)
         return from_tokens(self.norm(tokens), x)

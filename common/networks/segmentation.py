@@ -10,26 +10,27 @@ All three are MONAI's own networks; this module only fixes the configurations th
   (``spark3d_pretrain``) pre-trains the encoder of.
 * ``hyspark``: HySparK's hybrid MedNeXt + ViT encoder under a MedNeXt-style decoder
   (:class:`~common.networks.hybrid.HybridSegmentationNet`), initialised from ``hyspark_pretrain``.
+* ``mim``: MiM's 3D ConvViT under a Swin UNETR-style decoder of UNETR blocks
+  (:class:`~common.networks.convvit.ConvViTSegmentationNet`), initialised from ``mim_pretrain``.
 
 :data:`PRETRAINED_ENCODER_RENAME` says where a pre-training method's ``encoder.*`` tensors go.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from monai.networks.nets import UNETR, SwinUNETR
 from monai.networks.nets.mednext import create_mednext
 from torch import nn
 
+from common.networks.convvit import PAPER_CONVVIT, ConvViTSegmentationNet
 from common.networks.hybrid import PAPER_HYBRID, HybridSegmentationNet
 
-SEGMENTATION_ARCHS = ("swin_unetr", "unetr", "mednext", "hyspark")
+SEGMENTATION_ARCHS = ("swin_unetr", "unetr", "mednext", "hyspark", "mim")
 
 # Pre-training checkpoint prefix -> segmentation network prefix (``common.transfer.load_pretrained(rename=...)``).
-PRETRAINED_ENCODER_RENAME = {"mednext": {"encoder.": ""}, "hyspark": {"encoder.": "encoder."}}
+PRETRAINED_ENCODER_RENAME = {"mednext": {"encoder.": ""}, "hyspark": {"encoder.": "encoder."}, "mim": {"encoder.": "encoder."}}
 
 
 def segmentation_network(
@@ -40,6 +41,7 @@ def segmentation_network(
     feature_size: int | None = None,
     mednext_variant: str = "S",
     hybrid_config: Mapping | None = None,
+    convvit_config: Mapping | None = None,
 ) -> nn.Module:
     """Build the segmentation network named by ``arch``.
 
@@ -48,11 +50,12 @@ def segmentation_network(
         in_channels: input channels (1 for CT).
         out_channels: classes including background (14 for BTCV).
         roi_size: training crop / sliding-window size; UNETR needs it (its position embedding is fixed).
-        feature_size: width of Swin UNETR / UNETR (paper defaults 48 / 16 when ``None``); MedNeXt's
-            width is fixed by its variant (32).
+        feature_size: width of Swin UNETR / UNETR / the ``mim`` decoder (paper defaults 48 / 16 / 48 when
+            ``None``); MedNeXt's width is fixed by its variant (32).
         mednext_variant: MedNeXt size, ``S``, ``B``, ``M`` or ``L`` (kernel 3).
         hybrid_config: sizes of the ``hyspark`` encoder (:func:`~common.networks.hybrid.hybrid_config`);
             the paper's when ``None``. Must match the pre-training checkpoint.
+        convvit_config: sizes of the ``mim`` encoder (:func:`~common.networks.convvit.convvit_config`), likewise.
 
     Returns:
         A network mapping ``(B, in_channels, *roi_size)`` to logits ``(B, out_channels, *roi_size)``.
@@ -76,4 +79,6 @@ def segmentation_network(
         return create_mednext(mednext_variant, spatial_dims=3, in_channels=in_channels, out_channels=out_channels)
     if arch == "hyspark":
         return HybridSegmentationNet(in_channels, out_channels, **(hybrid_config or PAPER_HYBRID))
+    if arch == "mim":
+        return ConvViTSegmentationNet(in_channels, out_channels, feature_size or 48, **(convvit_config or PAPER_CONVVIT))
     raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {SEGMENTATION_ARCHS}")

@@ -1,0 +1,307 @@
+"""MiM: Mask in Mask, masked modelling on a hierarchy of masked volumes with cross-level alignment.
+
+Zhuang et al., "MiM: Mask in Mask Self-Supervised Pre-Training for 3D Medical Image Analysis", IEEE TMI 2025.
+One step on a batch of level-1 crops (:class:`MiMGeometry` gives their sizes):
+
+1. level 1: the crop is resized to the encoder input and masked; the mask is drawn on the grid of regions the
+   next level is cut from (exact keep count per volume) and up-sampled to the token grid;
+2. level ``l + 1``: ``children_per_parent`` (gamma) of the *masked* regions of each level-``l`` crop, drawn
+   without replacement, cut from that crop at its own resolution and resized to the encoder input, so a child
+   is exactly its parent's region resampled; masked again; the finest level is masked token by token;
+3. every level goes through the :class:`~common.networks.convvit.ConvViT3D` encoder (visible tokens only) and
+   the MAE decoder; L_R = level-weighted mean of the per-patch normalised MSE on masked tokens;
+4. L_C (eq. 4-6): the mean-pooled decoder features of each child, through an MLP head, against the region
+   features of its parent (mean-pooled decoder features of each region, stop-gradient, through another head):
+   InfoNCE whose positive is the region the child came from;
+5. ``L = L_R + alpha * L_C`` (alpha = 0.1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from monai.data import MetaTensor
+from torch import nn
+
+from common.losses import CrossLevelContrastiveLoss, MaskedPatchReconstructionLoss, unpatchify
+from common.masking import random_patch_mask, upsample_mask
+from common.methods.images import masked_reconstruction_images
+from common.networks.convvit import ConvViT3D
+from common.networks.mae_decoder import MAEDecoder
+
+PATCH_SIZE = 16
+LEVEL_SCHEDULES = ("simultaneous", "coarse_to_fine", "fine_to_coarse")
+
+
+@dataclass(frozen=True)
+class MiMGeometry:
+    """Sizes of the volumes of each level, in voxels at the pipeline's spacing.
+
+    Args:
+        crops: crop size of each level in original voxels, coarse to fine; level ``l + 1`` crops are regions
+            of a level-``l`` crop, so ``crops[l]`` must be a multiple of ``crops[l + 1]``.
+        inputs: size each level is resized to for the encoder; multiples of 16, and the grid of regions of a
+            level (``crops[l] / crops[l + 1]``) must divide its token grid (``inputs[l] / 16``), so that a
+            region is a block of whole tokens.
+    """
+
+    crops: tuple[tuple[int, int, int], ...]
+    inputs: tuple[tuple[int, int, int], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.crops) != len(self.inputs) or len(self.crops) < 2:
+            raise ValueError(f"need one crop and one input size per level, at least 2 levels; got {self}")
+        for level in range(len(self.crops)):
+            tokens, regions = self.token_grid(level), self.region_grid(level)
+            if any(s % PATCH_SIZE for s in self.inputs[level]):
+                raise ValueError(f"level {level + 1} input {self.inputs[level]} is not a multiple of {PATCH_SIZE}")
+            if level + 1 < len(self.crops) and any(c % f for c, f in zip(self.crops[level], self.crops[level + 1])):
+                raise ValueError(f"level {level + 1} crop {self.crops[level]} is not a multiple of {self.crops[level + 1]}")
+            if any(t % r for t, r in zip(tokens, regions)):
+                raise ValueError(f"level {level + 1}: region grid {regions} does not divide the token grid {tokens}")
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.crops)
+
+    def token_grid(self, level: int) -> tuple[int, ...]:
+        """Encoder tokens of a 0-based level: ``inputs[level] / 16``."""
+        return tuple(s // PATCH_SIZE for s in self.inputs[level])
+
+    def region_grid(self, level: int) -> tuple[int, ...]:
+        """Grid the mask of a 0-based level is drawn on: its children's regions, or its tokens at the finest level."""
+        if level + 1 == len(self.crops):
+            return self.token_grid(level)
+        return tuple(c // f for c, f in zip(self.crops[level], self.crops[level + 1]))
+
+
+MIM_GEOMETRIES: dict[str, MiMGeometry] = {
+    # Official code: a 192^3 crop resized to 96^3; level 2 = 96^3 octants (groups of 3x3x3 level-1 tokens);
+    # level 3 = single 16^3 level-2 tokens up-sampled to 96^3.
+    "official": MiMGeometry(crops=((192,) * 3, (96,) * 3, (16,) * 3), inputs=((96,) * 3,) * 3),
+    # Paper Table II: 384x384x192, 96^3, 16^3. Level 1 is resized by 1/3 to 128x128x64 (not 96^3) so that its
+    # 4x4x2 regions of 96^3 are blocks of 2x2x2 whole tokens.
+    "paper": MiMGeometry(crops=((384, 384, 192), (96,) * 3, (16,) * 3), inputs=((128, 128, 64), (96,) * 3, (96,) * 3)),
+    # The official layout at 2/3 scale for CPU demos: 128^3 -> 64^3, 64^3 octants, 16^3 tokens -> 64^3.
+    "cpu_demo": MiMGeometry(crops=((128,) * 3, (64,) * 3, (16,) * 3), inputs=((64,) * 3,) * 3),
+}
+
+
+def mim_geometry(geometry: str | Mapping | MiMGeometry) -> MiMGeometry:
+    """A :class:`MiMGeometry` from a preset name (:data:`MIM_GEOMETRIES`), a ``{"crops": ..., "inputs": ...}``
+    mapping (e.g. from a bundle config) or a geometry."""
+    if isinstance(geometry, MiMGeometry):
+        return geometry
+    if isinstance(geometry, str):
+        if geometry not in MIM_GEOMETRIES:
+            raise ValueError(f"unknown MiM geometry {geometry!r}; presets: {sorted(MIM_GEOMETRIES)}")
+        return MIM_GEOMETRIES[geometry]
+    return MiMGeometry(**{key: tuple(tuple(size) for size in sizes) for key, sizes in geometry.items()})
+
+
+def level_weights(schedule: str, num_levels: int, progress: float) -> list[float]:
+    """Weights of the levels' reconstruction losses (paper Table XII), coarse to fine, summing to 1.
+
+    ``simultaneous``: all levels equally from the start. ``coarse_to_fine``: level 1 alone first, one finer level
+    joins after each ``1 / num_levels`` of training; ``fine_to_coarse``: the same from the finest level. Active
+    levels are weighted equally.
+
+    Args:
+        schedule: one of :data:`LEVEL_SCHEDULES`.
+        num_levels: ``L``.
+        progress: fraction of training done, in [0, 1].
+    """
+    if schedule not in LEVEL_SCHEDULES:
+        raise ValueError(f"unknown level schedule {schedule!r}; choose one of {LEVEL_SCHEDULES}")
+    active = num_levels if schedule == "simultaneous" else min(num_levels, 1 + math.floor(progress * num_levels))
+    on = [True] * active + [False] * (num_levels - active)
+    if schedule == "fine_to_coarse":
+        on.reverse()
+    return [1.0 / active if a else 0.0 for a in on]
+
+
+@dataclass
+class Level:
+    """The volumes of one level: ``crop`` ``(N, C, *crops[l])`` in original voxels, ``input`` ``(N, C,
+    *inputs[l])`` for the encoder, ``visible`` ``(N, 1, *token_grid)`` and ``region_visible`` ``(N, 1,
+    *region_grid)`` bool masks, and ``parent_region`` ``(N,)``: the region of the parent each volume was cut
+    from (``None`` at level 1). Volume ``n`` of level ``l + 1`` is child ``n % gamma`` of parent ``n // gamma``."""
+
+    crop: torch.Tensor
+    input: torch.Tensor
+    visible: torch.Tensor
+    region_visible: torch.Tensor
+    parent_region: torch.Tensor | None
+
+
+def _mlp_head(in_features: int, out_features: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_features, out_features), nn.GELU(), nn.Linear(out_features, out_features))
+
+
+def _resize(volume: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(volume.shape[2:]) == tuple(size):
+        return volume
+    return F.interpolate(volume, size=tuple(size), mode="trilinear", align_corners=False)
+
+
+class MiM(nn.Module):
+    """MiM pre-training.
+
+    Args:
+        in_channels: image channels.
+        encoder: :class:`ConvViT3D` sizes (``widths``, ``depths``, ``num_heads``; the paper's by default).
+        decoder_width, decoder_depth, decoder_heads: the MAE decoder (576, 8, 16).
+        geometry: a preset name, mapping or geometry (:func:`mim_geometry`).
+        mask_ratio: fraction of masked regions / tokens at every level (0.6).
+        children_per_parent: gamma, volumes drawn from each parent's masked regions (4).
+        contrast_weight: alpha (0.1).
+        contrast_dim: width D of the context / region heads (2048).
+        temperature: InfoNCE temperature tau (0.2, see the bundle's docs).
+        contrast_loss: ``infonce`` or ``byol`` (:class:`CrossLevelContrastiveLoss`).
+        level_schedule: reconstruction weighting over training, one of :data:`LEVEL_SCHEDULES`.
+
+    ``forward({"image": (B, C, *crops[0])})`` returns ``loss``, ``loss/recon``, ``loss/contrast``,
+    ``loss/recon_level{l}``, ``loss/contrast_level{l}_{l+1}`` and ``images`` (input, masked and reconstruction of
+    every level). :attr:`progress` (fraction of training done, set by
+    :class:`common.engine.TrainingProgress`) drives ``level_schedule``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        encoder: Mapping | None = None,
+        decoder_width: int = 576,
+        decoder_depth: int = 8,
+        decoder_heads: int = 16,
+        geometry: str | Mapping | MiMGeometry = "official",
+        mask_ratio: float = 0.6,
+        children_per_parent: int = 4,
+        contrast_weight: float = 0.1,
+        contrast_dim: int = 2048,
+        temperature: float = 0.2,
+        contrast_loss: str = "infonce",
+        level_schedule: str = "simultaneous",
+    ) -> None:
+        super().__init__()
+        self.geometry = mim_geometry(geometry)
+        self.patch_size = PATCH_SIZE
+        self.mask_ratio = mask_ratio
+        self.children_per_parent = children_per_parent
+        self.contrast_weight = contrast_weight
+        level_weights(level_schedule, self.geometry.num_levels, 0.0)  # validates the name
+        self.level_schedule = level_schedule
+        self.progress = 0.0
+        for level in range(self.geometry.num_levels - 1):
+            regions = math.prod(self.geometry.region_grid(level))
+            masked = regions - round(regions * (1 - mask_ratio))
+            if masked < children_per_parent:
+                raise ValueError(
+                    f"level {level + 1} masks {masked} of its {regions} regions, fewer than children_per_parent="
+                    f"{children_per_parent}; lower children_per_parent or raise mask_ratio"
+                )
+        self.encoder = ConvViT3D(in_channels, **(encoder or {}))
+        self.decoder = MAEDecoder(
+            self.encoder.feature_channels[-1], decoder_width, decoder_depth, decoder_heads, PATCH_SIZE**3 * in_channels
+        )
+        cross_levels = self.geometry.num_levels - 1
+        self.context_heads = nn.ModuleList(_mlp_head(decoder_width, contrast_dim) for _ in range(cross_levels))
+        self.region_heads = nn.ModuleList(_mlp_head(decoder_width, contrast_dim) for _ in range(cross_levels))
+        self.reconstruction_loss = MaskedPatchReconstructionLoss(PATCH_SIZE)
+        self.contrastive_loss = CrossLevelContrastiveLoss(temperature, contrast_loss)
+
+    def sample_levels(self, image: torch.Tensor, generator: torch.Generator | None = None) -> list[Level]:
+        """The masked volumes of every level for a batch of level-1 crops ``(B, C, *crops[0])``.
+
+        Masks and children are random (from ``generator`` when given, drawn on the CPU); level ``l`` holds
+        ``B * gamma^(l-1)`` volumes.
+        """
+        if tuple(image.shape[2:]) != tuple(self.geometry.crops[0]):
+            raise ValueError(f"MiM expects level-1 crops of {self.geometry.crops[0]}, got {tuple(image.shape[2:])}")
+        levels, crop, parent_region = [], image, None
+        for level in range(self.geometry.num_levels):
+            regions = self.geometry.region_grid(level)
+            region_visible = random_patch_mask(crop.shape[0], regions, self.mask_ratio, generator, crop.device)
+            visible = upsample_mask(region_visible, self.geometry.token_grid(level))
+            levels.append(Level(crop, _resize(crop, self.geometry.inputs[level]), visible, region_visible, parent_region))
+            if level + 1 < self.geometry.num_levels:
+                crop, parent_region = self._cut_children(crop, region_visible, generator)
+        return levels
+
+    def _cut_children(
+        self, crop: torch.Tensor, region_visible: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gamma`` masked regions of each crop, drawn without replacement: ``(N * gamma, C, *region)`` crops and
+        their region indices ``(N * gamma,)`` (raster order of the region grid)."""
+        masked = ~region_visible.flatten(1)
+        scores = torch.rand(masked.shape, generator=generator).to(crop.device).masked_fill(~masked, -1.0)
+        chosen = scores.topk(self.children_per_parent, dim=1).indices
+        x, y, z = region_visible.shape[2:]
+        regions = rearrange(crop, "n c (x p) (y q) (z r) -> n (x y z) c p q r", x=x, y=y, z=z)
+        children = regions[torch.arange(crop.shape[0], device=crop.device)[:, None], chosen]
+        return children.flatten(0, 1), chosen.flatten()
+
+    def encode_decode(self, image: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode the visible tokens of ``image`` ``(N, C, *S)`` and decode every token: ``(prediction (N, C, *S)``
+        in per-patch normalised units, ``decoder features (N, L, decoder_width))``."""
+        image = image.as_tensor() if isinstance(image, MetaTensor) else image
+        latent = self.encoder(image, visible)[-1]
+        prediction, features = self.decoder(latent, visible)
+        return unpatchify(prediction, PATCH_SIZE, image), features
+
+    def reconstruct(self, image: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """The prediction ``(N, C, *S)`` of :meth:`encode_decode` alone (single-level reconstruction, export)."""
+        return self.encode_decode(image, visible)[0]
+
+    def mask(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A token-level mask ``(B, 1, *S/16)`` for a single-level reconstruction of ``image`` (export, viewing)."""
+        grid = [s // PATCH_SIZE for s in image.shape[2:]]
+        return random_patch_mask(image.shape[0], grid, self.mask_ratio, generator, image.device)
+
+    def images(self, image: torch.Tensor, prediction: torch.Tensor, visible: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``input``, ``masked``, ``reconstruction`` and ``target`` of one level (:func:`masked_reconstruction_images`)."""
+        return masked_reconstruction_images(image, prediction, visible, self.reconstruction_loss)
+
+    def _region_features(self, features: torch.Tensor, level: int) -> torch.Tensor:
+        """Mean decoder features ``(N, R, W)`` of the regions of a level from its token features ``(N, L, W)``."""
+        tokens, regions = self.geometry.token_grid(level), self.geometry.region_grid(level)
+        block = [t // r for t, r in zip(tokens, regions)]
+        grid = features.view(features.shape[0], *tokens, features.shape[-1])
+        pattern = "n (x p) (y q) (z r) w -> n (x y z) (p q r) w"
+        return rearrange(grid, pattern, p=block[0], q=block[1], r=block[2]).mean(dim=2)
+
+    def forward(self, batch: dict) -> dict:
+        levels = self.sample_levels(batch["image"])
+        outputs = [self.encode_decode(level.input, level.visible) for level in levels]
+        result: dict = {}
+        recon = []
+        for index, (level, (prediction, _)) in enumerate(zip(levels, outputs), start=1):
+            recon.append(self.reconstruction_loss(prediction, level.input, level.visible))
+            result[f"loss/recon_level{index}"] = recon[-1].detach()
+        weights = level_weights(self.level_schedule, len(levels), self.progress)
+        recon_loss = sum(w * r for w, r in zip(weights, recon))
+        contrast = []
+        for index in range(len(levels) - 1):
+            child = levels[index + 1]
+            parent_features = self._region_features(outputs[index][1].detach(), index)
+            regions = self.region_heads[index](parent_features)
+            context = self.context_heads[index](outputs[index + 1][1].mean(dim=1)).view(
+                regions.shape[0], self.children_per_parent, -1
+            )
+            labels = child.parent_region.view(regions.shape[0], self.children_per_parent)
+            contrast.append(self.contrastive_loss(context, regions, labels))
+            result[f"loss/contrast_level{index + 1}_{index + 2}"] = contrast[-1].detach()
+        contrast_loss = sum(contrast) / len(contrast)
+        result["loss"] = recon_loss + self.contrast_weight * contrast_loss
+        result["loss/recon"] = recon_loss.detach()
+        result["loss/contrast"] = contrast_loss.detach()
+        images = {}
+        for index, (level, (prediction, _)) in enumerate(zip(levels, outputs), start=1):
+            shown = self.images(level.input[:1], prediction[:1], level.visible[:1])
+            images.update({f"level{index}_{name}": shown[name] for name in ("input", "masked", "reconstruction")})
+        result["images"] = images
+        return result
