@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from common.data import image_loader
-from common.methods import HySparK, SparK3D
-from common.networks import hybrid_config
+from common.methods import HySparK, MiM, SparK3D
+from common.networks import convvit_config, hybrid_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,16 +124,16 @@ def test_inference_on_real_ct(trained, tmp_path, shared_data, name):
     _assert_same_grid(predictions[0], str(source))
 
 
-
 PRE_TRAINED = {
     "hyspark": lambda: HySparK(**hybrid_config(cpu_demo_scale=True), decoder_width=32),
     "mednext": lambda: SparK3D(decoder_width=32),
+    "mim": lambda: MiM(encoder=convvit_config(cpu_demo_scale=True), decoder_width=24, decoder_depth=1, decoder_heads=2, contrast_dim=16),
 }
 
 
 @pytest.mark.parametrize("arch", sorted(PRE_TRAINED))
 def test_fine_tunes_from_a_pre_training_checkpoint(tmp_path, arch):
-    """A pre-training method's state dict (what hyspark_pretrain / spark3d_pretrain save as model.pt) loads into
+    """A pre-training method's state dict (what the pre-training bundles save as model.pt) loads into
     the network of ``arch`` and training runs (32^3 crops, no validation, to stay quick)."""
     torch.manual_seed(0)
     pretrained = tmp_path / "pretrained.pt"
