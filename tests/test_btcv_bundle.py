@@ -14,13 +14,14 @@ import torch
 
 from common.data import image_loader
 from common.methods import HySparK, MiM, SparK3D
-from common.networks import convvit_config, hybrid_config
+from common.networks import convvit_config, hybrid_config, segmentation_network
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 BUNDLE = REPO_ROOT / "bundles" / "btcv_segmentation"
 TRAIN = str(BUNDLE / "configs" / "train.json")
 SMOKE = str(BUNDLE / "configs" / "smoke.json")
+INFERENCE = str(BUNDLE / "configs" / "inference.json")
 pytestmark = pytest.mark.slow
 
 
@@ -146,3 +147,34 @@ def test_fine_tunes_from_a_pre_training_checkpoint(tmp_path, arch):
     log = result.stdout + result.stderr
     assert f"loaded {pretrained}" in log and " 0 with a different shape" in log
     assert torch.load(models / "checkpoint_final.pt", weights_only=False)["trainer"]["iteration"] == 2
+
+
+def test_lora_fine_tuning_trains_adapters_and_decoder_only(tmp_path):
+    """``--lora_rank 4`` on a MiM checkpoint: the encoder's pre-trained weights stay as loaded, its adapters and
+    the decoder train, the trainable share is logged, and inference loads the adapted checkpoint."""
+    torch.manual_seed(0)
+    pretrained = tmp_path / "pretrained.pt"
+    torch.save(PRE_TRAINED["mim"]().state_dict(), pretrained)
+    models = tmp_path / "models"
+    result = run_bundle(
+        [TRAIN, SMOKE], arch="mim", pretrained=pretrained, lora_rank=4, roi_size="[32,32,32]", val_interval=2,
+        ckpt_dir=models, output_dir=tmp_path / "eval",
+    )
+    log = result.stdout + result.stderr
+    assert f"loaded {pretrained}" in log and "LoRA rank 4" in log
+    before = torch.load(pretrained, weights_only=True)
+    after = torch.load(models / "checkpoint_final.pt", weights_only=False)["model"]
+    frozen = [k for k in after if k.startswith("encoder.") and "lora_" not in k]
+    assert frozen and all(torch.equal(after[k], before[k]) for k in frozen)
+    adapters = {k for k in after if "lora_" in k}
+    plain = segmentation_network("mim", out_channels=14, feature_size=12, convvit_config=convvit_config(True))
+    assert adapters and set(after) - set(plain.state_dict()) == adapters
+    assert any(after[k].abs().sum() > 0 for k in adapters if k.endswith("lora_B"))  # B starts at 0: it trained
+    torch.save(after, tmp_path / "adapted.pt")
+    source = sorted((REPO_ROOT / ".cache" / "demo_ct" / "imagesTr").glob("*.nii.gz"))[-1]
+    run_bundle(
+        [INFERENCE], arch="mim", lora_rank=4, feature_size=12, roi_size="[32,32,32]", pixdim="[4,4,4]",
+        ckpt_path=tmp_path / "adapted.pt",
+        input=source, output_dir=tmp_path / "out",
+    )
+    assert len(list((tmp_path / "out").glob("*.nii.gz"))) == 1

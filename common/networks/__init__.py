@@ -3,9 +3,16 @@
 from common.networks.convvit import ConvViT3D, ConvViTSegmentationNet, convvit_config
 from common.networks.hybrid import HybridEncoder, HybridSegmentationNet, hybrid_config
 from common.networks.mednext import MedNeXtEncoder
-from common.networks.segmentation import PRETRAINED_ENCODER_RENAME, SEGMENTATION_ARCHS, segmentation_network
+from common.networks.segmentation import (
+    ENCODER_MODULES,
+    PRETRAINED_ENCODER_RENAME,
+    SEGMENTATION_ARCHS,
+    adapt_encoder,
+    segmentation_network,
+)
 
 __all__ = [
+    "ENCODER_MODULES",
     "PRETRAINED_ENCODER_RENAME",
     "SEGMENTATION_ARCHS",
     "ConvViT3D",
@@ -13,6 +20,7 @@ __all__ = [
     "HybridEncoder",
     "HybridSegmentationNet",
     "MedNeXtEncoder",
+    "adapt_encoder",
     "convvit_config",
     "hybrid_config",
     "segmentation_network",

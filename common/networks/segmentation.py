@@ -24,6 +24,7 @@ from monai.networks.nets import UNETR, SwinUNETR
 from monai.networks.nets.mednext import create_mednext
 from torch import nn
 
+from common.lora import add_lora
 from common.networks.convvit import PAPER_CONVVIT, ConvViTSegmentationNet
 from common.networks.hybrid import PAPER_HYBRID, HybridSegmentationNet
 
@@ -31,6 +32,23 @@ SEGMENTATION_ARCHS = ("swin_unetr", "unetr", "mednext", "hyspark", "mim")
 
 # Pre-training checkpoint prefix -> segmentation network prefix (``common.transfer.load_pretrained(rename=...)``).
 PRETRAINED_ENCODER_RENAME = {"mednext": {"encoder.": ""}, "hyspark": {"encoder.": "encoder."}, "mim": {"encoder.": "encoder."}}
+
+
+# The encoder submodule of each network: what ``pretrained`` initialises and ``lora_rank`` adapts.
+ENCODER_MODULES = {"swin_unetr": "swinViT", "unetr": "vit", "hyspark": "encoder", "mim": "encoder"}
+
+
+def adapt_encoder(network: nn.Module, arch: str, lora_rank: int = 0) -> nn.Module:
+    """Freeze the encoder of a :func:`segmentation_network` and give it LoRA adapters of rank ``lora_rank``
+    (:func:`common.lora.add_lora`; the decoder stays fully trainable). ``lora_rank`` 0 returns ``network``
+    unchanged.
+
+    Raises:
+        ValueError: ``lora_rank`` > 0 for ``mednext``, whose encoder is not one submodule.
+    """
+    if lora_rank and arch not in ENCODER_MODULES:
+        raise ValueError(f"lora_rank needs an encoder submodule; arch {arch!r} has none (LoRA: {sorted(ENCODER_MODULES)})")
+    return add_lora(network, lora_rank, target=ENCODER_MODULES.get(arch))
 
 
 def segmentation_network(
