@@ -1,5 +1,14 @@
 """Datalists from MSD ``dataset.json`` / NIfTI folders / DICOM series, splits, and the demo phantoms."""
 
+from common.data.classification import (
+    ClassProbabilityWriter,
+    class_names,
+    classification_datalist,
+    classification_split,
+    datalist_from_class_folders,
+    datalist_from_class_json,
+    stratified_split,
+)
 from common.data.datalist import (
     datalist_from_dicom_folder,
     datalist_from_msd,
@@ -12,16 +21,24 @@ from common.data.datalist import (
     training_split,
 )
 from common.data.demo import BTCV_LABELS, ensure_demo_data, generate_phantom
+from common.data.demo_classification import ensure_classification_demo_data
 from common.data.dicom import DicomSeriesReader
 from common.data.errors import DatalistError
 
 __all__ = [
     "BTCV_LABELS",
+    "ClassProbabilityWriter",
     "DatalistError",
     "DicomSeriesReader",
+    "class_names",
+    "classification_datalist",
+    "classification_split",
+    "datalist_from_class_folders",
+    "datalist_from_class_json",
     "datalist_from_dicom_folder",
     "datalist_from_msd",
     "datalist_from_nifti_folder",
+    "ensure_classification_demo_data",
     "ensure_demo_data",
     "generate_phantom",
     "image_loader",
@@ -29,5 +46,6 @@ __all__ = [
     "pretraining_datalist",
     "load_datalist",
     "split_datalist",
+    "stratified_split",
     "training_split",
 ]

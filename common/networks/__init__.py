@@ -1,5 +1,11 @@
 """Encoders, decoders and downstream networks (MONAI's wherever MONAI has them)."""
 
+from common.networks.classification import (
+    CLASSIFICATION_ARCHS,
+    CLASSIFICATION_ENCODER_RENAME,
+    classification_encoder_config,
+    classification_network,
+)
 from common.networks.convvit import ConvViT3D, ConvViTSegmentationNet, convvit_config
 from common.networks.hybrid import HybridEncoder, HybridSegmentationNet, hybrid_config
 from common.networks.mednext import MedNeXtEncoder
@@ -12,6 +18,8 @@ from common.networks.segmentation import (
 )
 
 __all__ = [
+    "CLASSIFICATION_ARCHS",
+    "CLASSIFICATION_ENCODER_RENAME",
     "ENCODER_MODULES",
     "PRETRAINED_ENCODER_RENAME",
     "SEGMENTATION_ARCHS",
@@ -21,6 +29,8 @@ __all__ = [
     "HybridSegmentationNet",
     "MedNeXtEncoder",
     "adapt_encoder",
+    "classification_encoder_config",
+    "classification_network",
     "convvit_config",
     "hybrid_config",
     "segmentation_network",

@@ -1,5 +1,10 @@
 """CT intensity presets and the standard MONAI transform pipelines of the collection."""
 
+from common.transforms.classification import (
+    classification_postprocessing,
+    classification_preprocessing,
+    classification_train_transforms,
+)
 from common.transforms.ct import CT_WINDOWS, ct_window
 from common.transforms.pretraining import pretraining_inference_transforms, pretraining_train_transforms
 from common.transforms.segmentation import (
@@ -11,6 +16,9 @@ from common.transforms.segmentation import (
 
 __all__ = [
     "CT_WINDOWS",
+    "classification_postprocessing",
+    "classification_preprocessing",
+    "classification_train_transforms",
     "ct_window",
     "pretraining_inference_transforms",
     "pretraining_train_transforms",
