@@ -8,6 +8,8 @@
 ``python -m tools.bench sparse`` one pre-training step (forward + backward + AdamW) of HySparK and SparK-3D
                                  at 96^3, batch 2, mask 0.75: ``masked`` against ``spconv``, time and peak
                                  memory (:mod:`tools.bench_sparse`).
+``python -m tools.bench mim``    MiM's ConvViT encoder on visible tokens only against all tokens (time, memory,
+                                 GFLOPs), and one full MiM step of the ``official`` geometry (:mod:`tools.bench_mim`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from monai.bundle import ConfigWorkflow
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.inferers import sliding_window_inference
 
+from tools.bench_mim import mim_costs
 from tools.bench_sparse import sparse_step
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "btcv_segmentation"
@@ -123,5 +126,11 @@ def sparse(size: int = 96, batch: int = 2, steps: int = 1, warmup: int = 1, devi
     return {"device": _device_name(torch.device(device)), **sparse_step(size, batch, steps, warmup, device)}
 
 
+def mim(size: int = 96, batch: int = 1, steps: int = 1, warmup: int = 1, device: str | None = None, full_step: bool = True) -> dict:
+    """MiM encoder forward + backward, visible tokens only vs all tokens, and one full MiM step."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return {"device": _device_name(torch.device(device)), **mim_costs(size, batch, steps, warmup, device, full_step)}
+
+
 if __name__ == "__main__":
-    fire.Fire({"infer": infer, "data": data, "sparse": sparse})
+    fire.Fire({"infer": infer, "data": data, "sparse": sparse, "mim": mim})

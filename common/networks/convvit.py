@@ -78,6 +78,10 @@ class MaskedConvBlock(nn.Module):
         y = self.conv1(self.norm1(x))
         if visible is not None:
             y = y * visible.to(y.dtype)
+        if y.device.type == "cpu":
+            # oneDNN's backward pass of a channels-first 3D depth-wise convolution is ~15x slower than with a
+            # channels-last input (torch 2.13; docs/benchmarks.md): hand it channels-last.
+            y = y.contiguous(memory_format=torch.channels_last_3d)
         x = x + self.conv2(self.dwconv(y))
         return x + self.mlp(self.norm2(x))
 
