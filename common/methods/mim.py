@@ -29,7 +29,7 @@ from monai.data import MetaTensor
 from torch import nn
 
 from common.losses import CrossLevelContrastiveLoss, MaskedPatchReconstructionLoss, unpatchify
-from common.masking import random_patch_mask, upsample_mask
+from common.masking import keep_count, random_patch_mask, upsample_mask
 from common.methods.images import masked_reconstruction_images
 from common.networks.convvit import ConvViT3D
 from common.networks.mae_decoder import MAEDecoder
@@ -198,7 +198,7 @@ class MiM(nn.Module):
         self.progress = 0.0
         for level in range(self.geometry.num_levels - 1):
             regions = math.prod(self.geometry.region_grid(level))
-            masked = regions - round(regions * (1 - mask_ratio))
+            masked = regions - keep_count(regions, mask_ratio)
             if masked < children_per_parent:
                 raise ValueError(
                     f"level {level + 1} masks {masked} of its {regions} regions, fewer than children_per_parent="

@@ -15,33 +15,42 @@ re-gathers instead of storing one copy of the features per kernel offset.
 from __future__ import annotations
 
 import itertools
+import sys
 import warnings
 from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-with warnings.catch_warnings():  # spconv 2.3.6 decorates with the deprecated torch.cuda.amp.custom_fwd
-    warnings.simplefilter("ignore", FutureWarning)
-    import spconv.pytorch as spconv
-    from spconv.core import ConvAlgo
+if TYPE_CHECKING:
+    from spconv.pytorch import SparseConvTensor as SparseTensor
     from spconv.pytorch.conv import SparseConvolution
-
-SparseTensor = spconv.SparseConvTensor
 
 Rulebook = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+def _spconv() -> ModuleType:
+    """``spconv.pytorch``, imported on first use: its import takes about 9 s, which every process that never
+    runs the ``spconv`` back-end (fine-tuning, inference, the ``masked`` back-end) is spared."""
+    with warnings.catch_warnings():  # spconv 2.3.6 decorates with the deprecated torch.cuda.amp.custom_fwd
+        warnings.simplefilter("ignore", FutureWarning)
+        import spconv.pytorch
+    return spconv.pytorch
+
+
 def is_sparse(x: object) -> bool:
-    """Whether ``x`` is a sparse feature map of this back-end."""
-    return isinstance(x, SparseTensor)
+    """Whether ``x`` is a sparse feature map of this back-end (none exists before spconv is imported)."""
+    module = sys.modules.get("spconv.pytorch")
+    return module is not None and isinstance(x, module.SparseConvTensor)
 
 
 def to_sparse(x: torch.Tensor, visible: torch.Tensor) -> SparseTensor:
     """Keep the visible positions of a dense ``(B, C, *S)`` map; ``visible`` is ``(B, 1, *S)`` bool."""
     where = visible[:, 0]
     indices = where.nonzero().int().contiguous()  # nonzero() may return column-major strides; spconv assumes rows
-    return SparseTensor(x.movedim(1, -1)[where], indices, list(x.shape[2:]), x.shape[0])
+    return _spconv().SparseConvTensor(x.movedim(1, -1)[where], indices, list(x.shape[2:]), x.shape[0])
 
 
 def to_dense(x: SparseTensor) -> torch.Tensor:
@@ -183,7 +192,7 @@ def rulebook_conv(x: SparseTensor, conv: torch.nn.modules.conv._ConvNd) -> Spars
         features = features + conv.bias.to(features.dtype)
     if out_indices is x.indices:
         return x.replace_feature(features)
-    return SparseTensor(features, out_indices, out_shape, x.batch_size)
+    return _spconv().SparseConvTensor(features, out_indices, out_shape, x.batch_size)
 
 
 _SUBM_OPS: dict[tuple, SparseConvolution] = {}
@@ -199,6 +208,9 @@ def submanifold_conv(x: SparseTensor, conv: torch.nn.modules.conv._ConvNd) -> Sp
     same = tuple(d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation))
     if tuple(conv.padding) != same or any(k % 2 == 0 for k in conv.kernel_size):
         raise NotImplementedError(f"sparse {type(conv).__name__} needs an odd kernel with 'same' padding, got {conv}")
+    spconv = _spconv()
+    from spconv.core import ConvAlgo
+
     algo = ConvAlgo.Native if x.features.device.type == "cpu" else None
     key = (ndim, conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.dilation), algo)
     if key not in _SUBM_OPS:
@@ -244,7 +256,7 @@ def sparse_max_pool(x: SparseTensor, pool: torch.nn.modules.pooling._MaxPoolNd) 
     pooled = features.new_empty((out_indices.shape[0], features.shape[1])).scatter_reduce(
         0, parent[:, None].expand_as(features), features, reduce="amax", include_self=False
     )
-    return SparseTensor(pooled, out_indices, out_shape, x.batch_size)
+    return _spconv().SparseConvTensor(pooled, out_indices, out_shape, x.batch_size)
 
 
 def per_sample_statistics(x: SparseTensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
