@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import load_decathlon_datalist
 
-from common.data.datalist import _absolute, _checked_nifti_pair, _is_nifti, _msd_json, load_datalist
+from common.data.datalist import _absolute, _checked_nifti_pair, _is_nifti, _msd_json, load_datalist, msd_entries
 from common.data.errors import DatalistError
 
 logger = logging.getLogger(__name__)
@@ -123,18 +122,9 @@ def datalist_from_class_json(
     """
     path = _absolute(json_path)
     names = _json_class_names(_read_json(path), path)
-    try:
-        entries = load_decathlon_datalist(path, is_segmentation=False, data_list_key=key, base_dir=path.parent)
-    except (ValueError, TypeError, IndexError) as error:  # missing key, malformed entries
-        raise DatalistError(f"cannot read list {key!r} of {path}: {error}") from error
-    if not entries:
-        raise DatalistError(f"list {key!r} of {path} is empty")
     datalist = []
-    for index, entry in enumerate(entries):
-        where = f"entry {index} of {key!r} in {path}"
-        image = entry.get("image")
-        if image is None:
-            raise DatalistError(f"{where} has no 'image': {entry}")
+    for where, entry in msd_entries(path, key, is_segmentation=False):
+        image = entry["image"]
         if "label" in entry and not (isinstance(entry["label"], int) and 0 <= entry["label"] < len(names)):
             raise DatalistError(f"{where} has label {entry['label']!r}; expected a class index 0..{len(names) - 1}")
         if not os.path.exists(image):

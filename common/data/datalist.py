@@ -165,6 +165,28 @@ def pretraining_datalist(source: str | os.PathLike, skip_unreadable: bool = Fals
     return [{"image": entry["image"]} for key in keys for entry in load_datalist(path, key, skip_unreadable=skip_unreadable)]
 
 
+def msd_entries(path: Path, key: str, is_segmentation: bool) -> list[tuple[str, dict]]:
+    """The entries of list ``key`` of the MSD-style json ``path`` (``load_decathlon_datalist``: image paths, and
+    label paths when ``is_segmentation``, made absolute), each with a description of where it stands.
+
+    Raises:
+        DatalistError: the json is invalid or lacks ``key``; ``key`` is empty; an entry has no ``"image"``.
+    """
+    try:
+        entries = load_decathlon_datalist(path, is_segmentation=is_segmentation, data_list_key=key, base_dir=path.parent)
+    except (ValueError, TypeError, IndexError) as error:  # invalid json, missing key, malformed entries
+        raise DatalistError(f"cannot read list {key!r} of MSD datalist {path}: {error}") from error
+    if not entries:
+        raise DatalistError(f"list {key!r} of MSD datalist {path} is empty")
+    located = []
+    for index, entry in enumerate(entries):
+        where = f"entry {index} of {key!r} in {path}"
+        if "image" not in entry:
+            raise DatalistError(f"{where} has no 'image': {entry}")
+        located.append((where, entry))
+    return located
+
+
 def datalist_from_msd(json_path: str | os.PathLike, key: str = "training", skip_unreadable: bool = False) -> list[dict]:
     """Datalist from an MSD-style ``dataset.json``, read with :func:`monai.data.load_decathlon_datalist`.
 
@@ -188,17 +210,8 @@ def datalist_from_msd(json_path: str | os.PathLike, key: str = "training", skip_
     path = _absolute(json_path)
     if not path.is_file():
         raise DatalistError(f"MSD datalist {path} does not exist; expected a dataset.json file")
-    try:
-        entries = load_decathlon_datalist(path, is_segmentation=True, data_list_key=key, base_dir=path.parent)
-    except (ValueError, TypeError, IndexError) as error:  # invalid json, missing key, malformed entries
-        raise DatalistError(f"cannot read list {key!r} of MSD datalist {path}: {error}") from error
-    if not entries:
-        raise DatalistError(f"list {key!r} of MSD datalist {path} is empty")
     datalist = []
-    for index, entry in enumerate(entries):
-        where = f"entry {index} of {key!r} in {path}"
-        if "image" not in entry:
-            raise DatalistError(f"{where} has no 'image': {entry}")
+    for where, entry in msd_entries(path, key, is_segmentation=True):
         for name in ("image", "label"):
             for listed in ensure_tuple(entry.get(name, ())):
                 if not os.path.exists(listed):

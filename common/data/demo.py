@@ -37,16 +37,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import fire
-import nibabel as nib
 import numpy as np
 from scipy.ndimage import gaussian_filter
+
+from common.data.generated import ensure_generated, save_nifti
 
 BTCV_LABELS: dict[int, str] = {
     0: "background",
@@ -400,46 +398,13 @@ def _generator_stamp(num_cases: int, num_validation: int, shape, spacing) -> dic
             "shape": [int(n) for n in shape], "spacing": [float(s) for s in spacing]}
 
 
-def _read_dataset_json(root: Path) -> dict | None:
-    """The parsed ``root/dataset.json``, or None where it is missing or not a JSON object."""
-    try:
-        dataset = json.loads((root / "dataset.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return dataset if isinstance(dataset, dict) else None
-
-
-def _is_complete(root: Path, stamp: dict) -> bool:
-    """Whether ``root`` holds a dataset generated with ``stamp``, all of its files present."""
-    dataset = _read_dataset_json(root)
-    if dataset is None or dataset.get("generator") != stamp:
-        return False
-    entries = dataset.get("training", []) + dataset.get("validation", [])
-    return all((root / entry[key]).is_file() for entry in entries for key in ("image", "label"))
-
-
-def _is_replaceable(root: Path) -> bool:
-    """Whether ``root`` may be deleted: absent, empty, or holding only a (possibly partial) demo dataset."""
-    if not root.is_dir():
-        return not root.exists()
-    dataset = _read_dataset_json(root)
-    if dataset is not None:
-        generator = dataset.get("generator")
-        return isinstance(generator, dict) and generator.get("module") == GENERATOR
+def _is_leftover(root: Path) -> bool:
+    """Whether ``root`` holds only the case files of an interrupted generation (no ``dataset.json``)."""
     children = {p.name for p in root.iterdir()}
     if not children <= {"imagesTr", "labelsTr"}:
         return False
     files = [f.name for child in children for f in (root / child).iterdir()]
     return all(name.startswith("case_") and name.endswith(".nii.gz") for name in files)
-
-
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_qform(affine, code=1)
-    image.header.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm")
-    image.header["descrip"] = b"synthetic phantom, common.data.demo"
-    nib.save(image, path)
 
 
 def _write_dataset(folder: Path, stamp: dict) -> None:
@@ -450,8 +415,8 @@ def _write_dataset(folder: Path, stamp: dict) -> None:
     for case in range(stamp["num_cases"]):
         image, label, affine = generate_phantom(case, stamp["shape"], stamp["spacing"])
         name = f"case_{case:03d}.nii.gz"
-        _save_nifti(image, affine, folder / "imagesTr" / name)
-        _save_nifti(label, affine, folder / "labelsTr" / name)
+        save_nifti(image, affine, folder / "imagesTr" / name)
+        save_nifti(label, affine, folder / "labelsTr" / name)
         entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
     split = len(entries) - stamp["num_validation"]
     dataset = {
@@ -470,30 +435,6 @@ def _write_dataset(folder: Path, stamp: dict) -> None:
         "generator": stamp,
     }
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
-
-
-def _discard(folder: Path) -> None:
-    """Move ``folder`` out of the way (one rename), then delete it."""
-    trash = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex}")
-    try:
-        os.rename(folder, trash)
-    except FileNotFoundError:  # another process moved it first
-        return
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _publish(staging: Path, root: Path, stamp: dict) -> None:
-    """Rename the finished ``staging`` folder to ``root``, unless another process published first."""
-    for attempt in range(2):
-        try:
-            os.rename(staging, root)  # fails while root exists and is not empty
-            return
-        except OSError:
-            if _is_complete(root, stamp):
-                return
-            if attempt:
-                raise
-            _discard(root)
 
 
 def ensure_demo_data(root: str | Path | None = None, num_cases: int = 8, num_validation: int = 2, *,
@@ -523,18 +464,7 @@ def ensure_demo_data(root: str | Path | None = None, num_cases: int = 8, num_val
         raise ValueError(f"need 0 <= num_validation < num_cases, got {num_validation=}, {num_cases=}")
     root = Path(root or os.environ.get(ENV_ROOT) or DEFAULT_ROOT).expanduser().resolve()
     stamp = _generator_stamp(num_cases, num_validation, shape, spacing)
-    if _is_complete(root, stamp):
-        return root / "dataset.json"
-    if not _is_replaceable(root):
-        raise FileExistsError(f"{root} exists and is not a demo dataset of {GENERATOR}; choose another root")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        _write_dataset(staging / "data", stamp)
-        _publish(staging / "data", root, stamp)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root / "dataset.json"
+    return ensure_generated(root, stamp, lambda folder: _write_dataset(folder, stamp), _is_leftover)
 
 
 def main(root: str | None = None, num_cases: int = 8, num_validation: int = 2) -> str:

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,8 +39,8 @@ import fire
 import numpy as np
 from scipy import ndimage
 
-from common.data.demo import DEFAULT_ROOT as SEGMENTATION_DEMO_ROOT
-from common.data.demo import _discard, _read_dataset_json, _save_nifti, generate_phantom
+from common.data.demo import DEFAULT_ROOT as SEGMENTATION_DEMO_ROOT, generate_phantom
+from common.data.generated import ensure_generated, save_nifti
 
 CLASS_NAMES = ("CP", "NCP", "Normal")
 DEFAULT_SHAPE = (80, 64, 40)
@@ -127,26 +125,6 @@ def _generator_stamp(cases_per_class: int, test_cases_per_class: int, shape, spa
             "spacing": [float(s) for s in spacing]}
 
 
-def _is_complete(root: Path, stamp: dict) -> bool:
-    """Whether ``root`` holds a dataset generated with ``stamp``, all of its files present."""
-    dataset = _read_dataset_json(root)
-    if dataset is None or dataset.get("generator") != stamp:
-        return False
-    images = [entry["image"] for entry in dataset.get("training", [])] + dataset.get("test", [])
-    return all((root / image).is_file() for image in images)
-
-
-def _is_replaceable(root: Path) -> bool:
-    """Whether ``root`` may be deleted: absent, empty, or holding a (possibly outdated) dataset of this module."""
-    if not root.is_dir():
-        return not root.exists()
-    dataset = _read_dataset_json(root)
-    if dataset is None:
-        return not any(root.iterdir())
-    generator = dataset.get("generator")
-    return isinstance(generator, dict) and generator.get("module") == GENERATOR
-
-
 def _write_dataset(folder: Path, stamp: dict) -> None:
     """Every case and ``dataset.json`` into the new folder ``folder``; training cases first, then test cases."""
     num_training = stamp["cases_per_class"] * len(CLASS_NAMES)
@@ -157,7 +135,7 @@ def _write_dataset(folder: Path, stamp: dict) -> None:
     for case in range(num_cases):
         image, class_index, affine = generate_case(case, stamp["shape"], stamp["spacing"])
         name = f"{'imagesTr' if case < num_training else 'imagesTs'}/case_{case:03d}_{CLASS_NAMES[class_index]}.nii.gz"
-        _save_nifti(image, affine, folder / name)
+        save_nifti(image, affine, folder / name)
         if case < num_training:
             training.append({"image": f"./{name}", "label": class_index})
         else:
@@ -178,20 +156,6 @@ def _write_dataset(folder: Path, stamp: dict) -> None:
         "generator": stamp,
     }
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
-
-
-def _publish(staging: Path, root: Path, stamp: dict) -> None:
-    """Rename the finished ``staging`` folder to ``root``, unless another process published first."""
-    for attempt in range(2):
-        try:
-            os.rename(staging, root)  # fails while root exists and is not empty
-            return
-        except OSError:
-            if _is_complete(root, stamp):
-                return
-            if attempt:
-                raise
-            _discard(root)
 
 
 def ensure_classification_demo_data(root: str | Path | None = None, cases_per_class: int = 6,
@@ -221,18 +185,7 @@ def ensure_classification_demo_data(root: str | Path | None = None, cases_per_cl
                          f"{test_cases_per_class=}")
     root = Path(root or os.environ.get(ENV_ROOT) or DEFAULT_ROOT).expanduser().resolve()
     stamp = _generator_stamp(cases_per_class, test_cases_per_class, shape, spacing)
-    if _is_complete(root, stamp):
-        return root / "dataset.json"
-    if not _is_replaceable(root):
-        raise FileExistsError(f"{root} exists and is not a demo dataset of {GENERATOR}; choose another root")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        _write_dataset(staging / "data", stamp)
-        _publish(staging / "data", root, stamp)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root / "dataset.json"
+    return ensure_generated(root, stamp, lambda folder: _write_dataset(folder, stamp))
 
 
 def main(root: str | None = None, cases_per_class: int = 6, test_cases_per_class: int = 1) -> str:

@@ -1,8 +1,9 @@
 """The ignite glue shared by the bundles: checkpoints and resuming, experiment tracking, and the
-self-supervised trainer with its schedules, momentum teacher and reconstruction snapshots."""
+self-supervised trainer with its schedules, momentum teacher, reconstruction snapshots and export."""
 
 from common.engine.checkpoints import latest_checkpoint, prepare_checkpoint_dir
 from common.engine.ema import MomentumTeacher
+from common.engine.export import MaskedReconstructionInferer
 from common.engine.schedules import (
     CosineSchedule,
     lr_schedule,
@@ -17,6 +18,7 @@ from common.engine.trainer import OptimizerEvents, SelfSupervisedTrainer, loss_t
 
 __all__ = [
     "CosineSchedule",
+    "MaskedReconstructionInferer",
     "MomentumTeacher",
     "OptimizerEvents",
     "ReconstructionSnapshots",

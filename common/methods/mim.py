@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from monai.data import MetaTensor
 from torch import nn
 
 from common.losses import CrossLevelContrastiveLoss, MaskedPatchReconstructionLoss, unpatchify
@@ -248,7 +247,6 @@ class MiM(nn.Module):
     def encode_decode(self, image: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode the visible tokens of ``image`` ``(N, C, *S)`` and decode every token: ``(prediction (N, C, *S)``
         in per-patch normalised units, ``decoder features (N, L, decoder_width))``."""
-        image = image.as_tensor() if isinstance(image, MetaTensor) else image
         latent = self.encoder(image, visible)[-1]
         prediction, features = self.decoder(latent, visible)
         return unpatchify(prediction, PATCH_SIZE, image), features

@@ -13,7 +13,6 @@ ICLR 2023. One step:
 from __future__ import annotations
 
 import torch
-from monai.data import MetaTensor
 from torch import nn
 
 from common.losses import MaskedPatchReconstructionLoss
@@ -81,7 +80,6 @@ class SparK(nn.Module):
 
     def reconstruct(self, image: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """Decoder output ``(B, C, *S)`` (per-patch normalised units) from the visible part of ``image``."""
-        image = image.as_tensor() if isinstance(image, MetaTensor) else image  # no meta data through the network
         backend = resolve_backend(self.sparse_backend, image.device)
         features = encode_visible(self.encoder, image, visible, backend)
         to_decoder = []

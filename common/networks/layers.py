@@ -25,15 +25,16 @@ class ChannelsFirstLayerNorm(nn.LayerNorm):
         return super().forward(x.movedim(1, -1)).movedim(-1, 1)
 
 
-@functools.lru_cache(maxsize=16)
-def _sincos_on_cpu(grid: tuple[int, ...], width: int) -> torch.Tensor:
-    return build_sincos_position_embedding(list(grid), width, spatial_dims=len(grid)).data[0]
+@functools.lru_cache(maxsize=32)
+def _sincos(grid: tuple[int, ...], width: int, device: torch.device) -> torch.Tensor:
+    return build_sincos_position_embedding(list(grid), width, spatial_dims=len(grid)).data[0].to(device)
 
 
 def sincos_position_embedding(grid: Sequence[int], width: int, device: torch.device | str) -> torch.Tensor:
     """Fixed 2D / 3D sin-cos position embedding (MAE), ``(L, width)`` for the ``L`` cells of ``grid`` in raster
-    order, on ``device``; computed once per grid and width (MONAI's ``build_sincos_position_embedding``).
+    order, on ``device``; computed once per grid, width and device, so a forward pass copies nothing to the
+    device (MONAI's ``build_sincos_position_embedding``).
 
     ``width`` must be divisible by 4 (2D) or 6 (3D).
     """
-    return _sincos_on_cpu(tuple(int(g) for g in grid), width).to(device)
+    return _sincos(tuple(int(g) for g in grid), width, torch.device(device))

@@ -5,8 +5,12 @@ from common.transforms.classification import (
     classification_preprocessing,
     classification_train_transforms,
 )
-from common.transforms.ct import CT_WINDOWS, ct_window
-from common.transforms.pretraining import pretraining_inference_transforms, pretraining_train_transforms
+from common.transforms.ct import CT_WINDOWS, ct_window, load_ct
+from common.transforms.pretraining import (
+    pretraining_inference_transforms,
+    pretraining_train_transforms,
+    reconstruction_postprocessing,
+)
 from common.transforms.segmentation import (
     segmentation_inference_transforms,
     segmentation_postprocessing,
@@ -20,8 +24,10 @@ __all__ = [
     "classification_preprocessing",
     "classification_train_transforms",
     "ct_window",
+    "load_ct",
     "pretraining_inference_transforms",
     "pretraining_train_transforms",
+    "reconstruction_postprocessing",
     "segmentation_inference_transforms",
     "segmentation_postprocessing",
     "segmentation_train_transforms",

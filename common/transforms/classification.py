@@ -31,8 +31,7 @@ from monai.transforms import (
     Resized,
 )
 
-from common.transforms.ct import CT_WINDOWS
-from common.transforms.segmentation import _load_and_resample
+from common.transforms.ct import CT_WINDOWS, load_ct
 
 BODY_HU = -500.0
 
@@ -59,7 +58,7 @@ def classification_preprocessing(
         window: CT window preset, a key of :data:`common.transforms.CT_WINDOWS`.
     """
     return Compose(
-        _load_and_resample(["image"], pixdim, window)
+        load_ct(["image"], pixdim, window)
         + [
             CropForegroundd(keys="image", source_key="image", select_fn=BodySelector(window), allow_smaller=True),
             Resized(keys="image", spatial_size=roi_size, mode="area"),

@@ -1,4 +1,5 @@
-"""CT intensity presets used by the papers of the collection.
+"""CT intensity presets used by the papers of the collection, and the loading head of every pipeline
+(:func:`load_ct`).
 
 Each preset maps a Hounsfield-unit interval linearly to ``[0, 1]`` and clips outside it:
 
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from monai.transforms import ScaleIntensityRanged
+from monai.transforms import EnsureTyped, Orientationd, ScaleIntensityRanged, Spacingd
+
+from common.data import image_loader
 
 CT_WINDOWS: dict[str, tuple[float, float]] = {
     "abdomen": (-175.0, 250.0),
@@ -34,3 +37,16 @@ def ct_window(keys: str | Sequence[str], preset: str = "abdomen") -> ScaleIntens
         raise ValueError(f"unknown CT window preset {preset!r}; known presets: {sorted(CT_WINDOWS)}")
     a_min, a_max = CT_WINDOWS[preset]
     return ScaleIntensityRanged(keys=keys, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)
+
+
+def load_ct(keys: Sequence[str], pixdim: Sequence[float], window: str) -> list:
+    """The deterministic head of every pipeline: read (NIfTI or DICOM series), float32, orient to RAS, resample
+    to ``pixdim`` (bilinear for ``"image"``, nearest for labels) and window ``"image"`` with ``window``."""
+    modes = ["bilinear" if k == "image" else "nearest" for k in keys]
+    return [
+        image_loader(keys),
+        EnsureTyped(keys=keys, dtype="float32"),
+        Orientationd(keys=keys, axcodes="RAS"),
+        Spacingd(keys=keys, pixdim=pixdim, mode=modes),
+        ct_window("image", window),
+    ]

@@ -13,28 +13,20 @@ from monai.transforms import (
     Compose,
     CropForegroundd,
     DivisiblePadd,
-    EnsureTyped,
-    Orientationd,
+    Invertd,
     RandFlipd,
     RandSpatialCropSamplesd,
     ResizeWithPadOrCropd,
-    Spacingd,
+    SaveImaged,
     SpatialPadd,
+    SplitDimd,
 )
 
-from common.data import image_loader
-from common.transforms.ct import ct_window
+from common.transforms.ct import load_ct
 
 
 def _load_image(pixdim: Sequence[float], window: str) -> list:
-    return [
-        image_loader(["image"]),
-        EnsureTyped(keys="image", dtype="float32"),
-        Orientationd(keys="image", axcodes="RAS"),
-        Spacingd(keys="image", pixdim=pixdim, mode="bilinear"),
-        ct_window("image", window),
-        CropForegroundd(keys="image", source_key="image", allow_smaller=True),
-    ]
+    return load_ct(["image"], pixdim, window) + [CropForegroundd(keys="image", source_key="image", allow_smaller=True)]
 
 
 def pretraining_train_transforms(
@@ -73,3 +65,20 @@ def pretraining_inference_transforms(
     padded to a multiple of ``divisor``)."""
     size = [ResizeWithPadOrCropd(keys="image", spatial_size=roi_size)] if roi_size else []
     return Compose(_load_image(pixdim, window) + size + [DivisiblePadd(keys="image", k=divisor)])
+
+
+def reconstruction_postprocessing(preprocessing: Compose, names: Sequence[str], output_dir: str) -> Compose:
+    """Split the exported images of :class:`common.engine.MaskedReconstructionInferer` (``pred``, one channel per
+    name), map each back onto the input's grid and write it as ``<case>_<name>.nii.gz`` in ``output_dir``."""
+    keys = [f"pred_{name}" for name in names]
+    return Compose(
+        [
+            SplitDimd(keys="pred", output_postfixes=list(names), dim=0, keepdim=True, update_meta=True),
+            Invertd(keys=keys, transform=preprocessing, orig_keys="image", nearest_interp=False, to_tensor=True),
+            *(
+                SaveImaged(keys=key, output_dir=output_dir, output_postfix=name, resample=False,
+                           separate_folder=False, print_log=False)
+                for key, name in zip(keys, names)
+            ),
+        ]
+    )

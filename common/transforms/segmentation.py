@@ -18,35 +18,19 @@ from monai.transforms import (
     AsDiscreted,
     Compose,
     CropForegroundd,
-    EnsureTyped,
     Invertd,
-    Orientationd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandRotate90d,
     RandScaleIntensityd,
     RandShiftIntensityd,
     SaveImaged,
-    Spacingd,
     SpatialPadd,
 )
 
-from common.data import image_loader
-from common.transforms.ct import ct_window
+from common.transforms.ct import load_ct
 
 IMAGE_LABEL = ("image", "label")
-
-
-def _load_and_resample(keys: Sequence[str], pixdim: Sequence[float], window: str) -> list:
-    """Read (NIfTI or DICOM series), orient to RAS, resample to ``pixdim`` and window the image."""
-    modes = ["bilinear" if k == "image" else "nearest" for k in keys]
-    return [
-        image_loader(keys),
-        EnsureTyped(keys=keys, dtype="float32"),
-        Orientationd(keys=keys, axcodes="RAS"),
-        Spacingd(keys=keys, pixdim=pixdim, mode=modes),
-        ct_window("image", window),
-    ]
 
 
 def segmentation_train_transforms(
@@ -65,7 +49,7 @@ def segmentation_train_transforms(
     """
     keys = list(IMAGE_LABEL)
     return Compose(
-        _load_and_resample(keys, pixdim, window)
+        load_ct(keys, pixdim, window)
         + [
             CropForegroundd(keys=keys, source_key="image", allow_smaller=True),
             SpatialPadd(keys=keys, spatial_size=roi_size),
@@ -92,12 +76,12 @@ def segmentation_train_transforms(
 def segmentation_val_transforms(pixdim: Sequence[float] = (1.5, 1.5, 1.5), window: str = "abdomen") -> Compose:
     """Validation / evaluation pipeline: whole resampled volumes cropped to the body, for sliding windows."""
     keys = list(IMAGE_LABEL)
-    return Compose(_load_and_resample(keys, pixdim, window) + [CropForegroundd(keys=keys, source_key="image", allow_smaller=True)])
+    return Compose(load_ct(keys, pixdim, window) + [CropForegroundd(keys=keys, source_key="image", allow_smaller=True)])
 
 
 def segmentation_inference_transforms(pixdim: Sequence[float] = (1.5, 1.5, 1.5), window: str = "abdomen") -> Compose:
     """Inference pipeline for images only; every step is invertible so predictions map back to the input grid."""
-    return Compose(_load_and_resample(["image"], pixdim, window))
+    return Compose(load_ct(["image"], pixdim, window))
 
 
 def segmentation_postprocessing(preprocessing: Compose, output_dir: str, output_postfix: str = "seg") -> Compose:
