@@ -15,12 +15,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.networks.vit import interpolate_position_embedding
+
 logger = logging.getLogger(__name__)
 
 # Keys under which training frameworks nest the weights; tried in this order.
 STATE_DICT_KEYS = ("model", "state_dict", "network", "net", "method")
 # Prefixes added by wrappers (DistributedDataParallel, torch.compile); stripped before matching.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Name ending of ViT position embeddings, interpolated when the token grids differ (MONAI's PatchEmbeddingBlock).
+POSITION_EMBEDDING = "position_embeddings"
 
 
 @dataclass
@@ -31,12 +35,31 @@ class TransferReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatch: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
-            f"{len(self.matched)} tensors matched, {len(self.missing)} missing in the checkpoint, "
-            f"{len(self.unexpected)} unexpected, {len(self.shape_mismatch)} with a different shape"
+            f"{len(self.matched)} tensors matched ({len(self.resized)} position embeddings interpolated), "
+            f"{len(self.missing)} missing in the checkpoint, {len(self.unexpected)} unexpected, "
+            f"{len(self.shape_mismatch)} with a different shape"
         )
+
+
+def _cube_side(cells: int) -> int | None:
+    side = round(cells ** (1 / 3))
+    return side if side**3 == cells else None
+
+
+def resize_position_embedding(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    """A ViT position embedding ``(1, L, W)`` of a cubic token grid interpolated to ``shape`` ``(1, L', W)``
+    (:func:`common.networks.vit.interpolate_position_embedding`), or ``None`` when the two are not both cubic
+    grids of the same width (the grid of a flat embedding is only known for cubes)."""
+    if tensor.dim() != 3 or len(shape) != 3 or tensor.shape[::2] != shape[::2]:
+        return None
+    side, new_side = _cube_side(tensor.shape[1]), _cube_side(shape[1])
+    if side is None or new_side is None:
+        return None
+    return interpolate_position_embedding(tensor, (side,) * 3, (new_side,) * 3)
 
 
 def extract_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
@@ -68,6 +91,9 @@ def load_pretrained(
     map_location: str | torch.device = "cpu",
 ) -> TransferReport:
     """Load the tensors of a checkpoint into ``network`` where names and shapes match, and report the rest.
+
+    A ViT position embedding (``*position_embeddings``) learnt on another cubic token grid is interpolated to the
+    network's (:func:`resize_position_embedding`), e.g. a 96^3 pre-training into a 64^3 UNETR.
 
     Args:
         network: the network to initialise (modified in place).
@@ -107,6 +133,12 @@ def load_pretrained(
     for name, tensor in source.items():
         if name.startswith(tuple(exclude)) or name not in target:
             report.unexpected.append(name)
+        elif target[name].shape != tensor.shape and name.endswith(POSITION_EMBEDDING) and (
+            resized := resize_position_embedding(tensor, target[name].shape)
+        ) is not None:
+            loadable[name] = resized
+            report.matched.append(name)
+            report.resized.append(name)
         elif target[name].shape != tensor.shape:
             report.shape_mismatch.append(f"{name}: checkpoint {tuple(tensor.shape)} vs network {tuple(target[name].shape)}")
         else:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from common.data import image_loader
-from common.methods import HySparK, MiM, SparK3D
-from common.networks import convvit_config, hybrid_config, segmentation_network
+from common.methods import GLMAE, HySparK, MiM, SparK3D
+from common.networks import convvit_config, hybrid_config, segmentation_network, vit_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,6 +147,32 @@ def test_fine_tunes_from_a_pre_training_checkpoint(tmp_path, arch):
     log = result.stdout + result.stderr
     assert f"loaded {pretrained}" in log and " 0 with a different shape" in log
     assert torch.load(models / "checkpoint_final.pt", weights_only=False)["trainer"]["iteration"] == 2
+
+
+def test_linear_evaluation_of_a_glmae_encoder_in_unetr_trains_the_decoder_only(tmp_path):
+    """``--arch unetr --freeze_encoder true`` on a GL-MAE checkpoint (48^3 position embedding, 32^3 crops here):
+    every ViT tensor loads, the position embedding interpolated, the cls token and teacher left out; the ViT
+    stays exactly as loaded while the decoder trains."""
+    torch.manual_seed(0)
+    pretrained = tmp_path / "pretrained.pt"
+    method = GLMAE(img_size=(48,) * 3, encoder=vit_config(cpu_demo_scale=True), decoder_width=12, decoder_depth=1,
+                   decoder_heads=2, num_prototypes=16, head_hidden=16)
+    torch.save(method.state_dict(), pretrained)
+    models = tmp_path / "models"
+    result = run_bundle(
+        [TRAIN, SMOKE], arch="unetr", pretrained=pretrained, freeze_encoder=True, roi_size="[32,32,32]", val_interval=2,
+        ckpt_dir=models, output_dir=tmp_path / "eval",
+    )
+    log = result.stdout + result.stderr
+    vit_tensors = len([k for k in method.state_dict() if k.startswith("encoder.vit.")])
+    assert f"{vit_tensors} tensors matched (1 position embeddings interpolated)" in log and " 0 unexpected" in log
+    state = torch.load(models / "checkpoint_final.pt", weights_only=False)
+    before = {k.replace("encoder.vit.", "vit.", 1): v for k, v in method.state_dict().items() if k.startswith("encoder.vit.")}
+    assert all(torch.equal(state["model"][k], before[k]) for k in before if "position_embeddings" not in k)
+    network = segmentation_network("unetr", out_channels=14, roi_size=(32,) * 3, vit_config=vit_config(True))
+    decoder = [p for name, p in network.named_parameters() if not name.startswith("vit.")]
+    moments = [entry["exp_avg"] for entry in state["optimizer"]["state"].values()]  # AdamW knows the decoder only
+    assert len(moments) == len(decoder) and all(m.abs().sum() > 0 for m in moments)
 
 
 def test_lora_fine_tuning_trains_adapters_and_decoder_only(tmp_path):

@@ -5,15 +5,21 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from common.engine.schedules import warmup_cosine
 from common.engine.trainer import OptimizerEvents, SelfSupervisedTrainer
 
 
+def _unwrapped(method: object) -> object:
+    """The method inside a ``DistributedDataParallel`` wrapper (``multi_gpu_train.json``), else ``method``."""
+    return method.module if isinstance(method, DistributedDataParallel) else method
+
+
 class MomentumTeacher:
     """Calls ``engine.method.update_teacher(m)`` after every optimizer step of a :class:`SelfSupervisedTrainer`.
 
-    The method does ``teacher = m * teacher + (1 - m) * student``. ``m`` follows a cosine from
+    The method (unwrapped from ``DistributedDataParallel``) does ``teacher = m * teacher + (1 - m) * student``. ``m`` follows a cosine from
     ``base_momentum`` at the first step to ``final_momentum`` at the last of ``total_steps`` optimizer steps
     (and stays there), the schedule of BYOL (Grill et al., NeurIPS 2020, Sec. 3.2:
     ``1 - (1 - base) * (cos(pi * k / K) + 1) / 2``) and DINO (Caron et al., ICCV 2021), here indexed so that
@@ -38,7 +44,7 @@ class MomentumTeacher:
             TypeError: the trainer's method has no ``update_teacher``.
             ValueError: ``total_steps`` is not given and the trainer's epoch length is unknown.
         """
-        method = getattr(engine, "method", None)
+        method = _unwrapped(getattr(engine, "method", None))
         if not callable(getattr(method, "update_teacher", None)):
             raise TypeError(
                 f"MomentumTeacher needs a SelfSupervisedTrainer whose method defines update_teacher(momentum); "
@@ -59,5 +65,5 @@ class MomentumTeacher:
             total_steps=self.total_steps,
         )
         with torch.no_grad():
-            engine.method.update_teacher(momentum)
+            _unwrapped(engine.method).update_teacher(momentum)
         engine.state.teacher_momentum = momentum

@@ -21,7 +21,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 # Parameters never decayed whatever their shape (SparK / MAE convention), besides biases and 1-D tensors.
-NO_DECAY_NAMES = ("mask_token", "pos_embed", "cls_token")
+NO_DECAY_NAMES = ("mask_token", "pos_embed", "position_embeddings", "cls_token")
 
 
 def warmup_cosine(

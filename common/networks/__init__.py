@@ -12,21 +12,25 @@ from common.networks.mednext import MedNeXtEncoder
 from common.networks.segmentation import (
     ENCODER_MODULES,
     PRETRAINED_ENCODER_RENAME,
+    PRETRAINING_ARCHS,
     SEGMENTATION_ARCHS,
     adapt_encoder,
     segmentation_network,
 )
+from common.networks.vit import MaskedViT, vit_config
 
 __all__ = [
     "CLASSIFICATION_ARCHS",
     "CLASSIFICATION_ENCODER_RENAME",
     "ENCODER_MODULES",
     "PRETRAINED_ENCODER_RENAME",
+    "PRETRAINING_ARCHS",
     "SEGMENTATION_ARCHS",
     "ConvViT3D",
     "ConvViTSegmentationNet",
     "HybridEncoder",
     "HybridSegmentationNet",
+    "MaskedViT",
     "MedNeXtEncoder",
     "adapt_encoder",
     "classification_encoder_config",
@@ -34,4 +38,5 @@ __all__ = [
     "convvit_config",
     "hybrid_config",
     "segmentation_network",
+    "vit_config",
 ]

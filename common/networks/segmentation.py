@@ -5,7 +5,8 @@ All three are MONAI's own networks; this module only fixes the configurations th
 * ``swin_unetr``: Swin UNETR (Hatamizadeh et al. 2022), ``feature_size`` 48 as in the BTCV fine-tuning
   of Tang et al. (CVPR 2022); the encoder HySparK / MiM transfer into.
 * ``unetr``: UNETR (Hatamizadeh et al. 2022) on a ViT-B/16 (hidden 768, MLP 3072, 12 heads, 12 layers,
-  patch 16), ``feature_size`` 16; the encoder GL-MAE / MAE3D transfer into.
+  patch 16; ``vit_config`` for other widths), ``feature_size`` 16; the encoder GL-MAE / MAE3D
+  (``glmae_pretrain``, ``mae3d_pretrain``) transfer into.
 * ``mednext``: MedNeXt (Roy et al. 2023), variant given by ``mednext_variant``; the network SparK-3D
   (``spark3d_pretrain``) pre-trains the encoder of.
 * ``hyspark``: HySparK's hybrid MedNeXt + ViT encoder under a MedNeXt-style decoder
@@ -27,27 +28,53 @@ from torch import nn
 from common.lora import add_lora
 from common.networks.convvit import PAPER_CONVVIT, ConvViTSegmentationNet
 from common.networks.hybrid import PAPER_HYBRID, HybridSegmentationNet
+from common.networks.vit import VIT_SIZES
 
 SEGMENTATION_ARCHS = ("swin_unetr", "unetr", "mednext", "hyspark", "mim")
 
 # Pre-training checkpoint prefix -> segmentation network prefix (``common.transfer.load_pretrained(rename=...)``).
-PRETRAINED_ENCODER_RENAME = {"mednext": {"encoder.": ""}, "hyspark": {"encoder.": "encoder."}, "mim": {"encoder.": "encoder."}}
+# GL-MAE / MAE3D: the student ViT; its cls token (``encoder.cls_token``) has no place in UNETR and is left out.
+PRETRAINED_ENCODER_RENAME = {
+    "mednext": {"encoder.": ""},
+    "hyspark": {"encoder.": "encoder."},
+    "mim": {"encoder.": "encoder."},
+    "unetr": {"encoder.vit.": "vit."},
+}
+
+
+# Pre-training bundle -> the segmentation arch its ``model.pt`` fine-tunes in (``btcv_segmentation --arch``).
+PRETRAINING_ARCHS = {
+    "hyspark_pretrain": "hyspark",
+    "spark3d_pretrain": "mednext",
+    "mim_pretrain": "mim",
+    "glmae_pretrain": "unetr",
+    "mae3d_pretrain": "unetr",
+}
 
 
 # The encoder submodule of each network: what ``pretrained`` initialises and ``lora_rank`` adapts.
 ENCODER_MODULES = {"swin_unetr": "swinViT", "unetr": "vit", "hyspark": "encoder", "mim": "encoder"}
 
 
-def adapt_encoder(network: nn.Module, arch: str, lora_rank: int = 0) -> nn.Module:
-    """Freeze the encoder of a :func:`segmentation_network` and give it LoRA adapters of rank ``lora_rank``
-    (:func:`common.lora.add_lora`; the decoder stays fully trainable). ``lora_rank`` 0 returns ``network``
-    unchanged.
+def adapt_encoder(network: nn.Module, arch: str, lora_rank: int = 0, freeze_encoder: bool = False) -> nn.Module:
+    """Freeze the encoder of a :func:`segmentation_network`, with LoRA adapters of rank ``lora_rank``
+    (:func:`common.lora.add_lora`) or without any (``freeze_encoder``: linear evaluation, GL-MAE Table 2 / 4
+    "Linear"); the decoder stays fully trainable. ``lora_rank`` 0 and ``freeze_encoder`` false (end-to-end
+    fine-tuning) return ``network`` unchanged.
 
     Raises:
-        ValueError: ``lora_rank`` > 0 for ``mednext``, whose encoder is not one submodule.
+        ValueError: ``lora_rank`` > 0 or ``freeze_encoder`` for ``mednext``, whose encoder is not one submodule;
+            both at once.
     """
-    if lora_rank and arch not in ENCODER_MODULES:
-        raise ValueError(f"lora_rank needs an encoder submodule; arch {arch!r} has none (LoRA: {sorted(ENCODER_MODULES)})")
+    if (lora_rank or freeze_encoder) and arch not in ENCODER_MODULES:
+        raise ValueError(
+            f"lora_rank / freeze_encoder need an encoder submodule; arch {arch!r} has none (it works for {sorted(ENCODER_MODULES)})"
+        )
+    if lora_rank and freeze_encoder:
+        raise ValueError("choose lora_rank (frozen encoder + adapters) or freeze_encoder (frozen, no adapters), not both")
+    if freeze_encoder:
+        network.get_submodule(ENCODER_MODULES[arch]).requires_grad_(False)
+        return network
     return add_lora(network, lora_rank, target=ENCODER_MODULES.get(arch))
 
 
@@ -60,6 +87,7 @@ def segmentation_network(
     mednext_variant: str = "S",
     hybrid_config: Mapping | None = None,
     convvit_config: Mapping | None = None,
+    vit_config: Mapping | None = None,
 ) -> nn.Module:
     """Build the segmentation network named by ``arch``.
 
@@ -74,6 +102,8 @@ def segmentation_network(
         hybrid_config: sizes of the ``hyspark`` encoder (:func:`~common.networks.hybrid.hybrid_config`);
             the paper's when ``None``. Must match the pre-training checkpoint.
         convvit_config: sizes of the ``mim`` encoder (:func:`~common.networks.convvit.convvit_config`), likewise.
+        vit_config: ``hidden_size``, ``mlp_dim`` and ``num_heads`` of the ``unetr`` ViT
+            (:func:`~common.networks.vit.vit_config`; ViT-B when ``None``); it must have 12 layers, as UNETR does.
 
     Returns:
         A network mapping ``(B, in_channels, *roi_size)`` to logits ``(B, out_channels, *roi_size)``.
@@ -81,14 +111,15 @@ def segmentation_network(
     if arch == "swin_unetr":
         return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size or 48)
     if arch == "unetr":
+        vit = dict(vit_config or VIT_SIZES["base"])
+        if vit.pop("num_layers", 12) != 12:
+            raise ValueError(f"UNETR reads the hidden states of a 12-layer ViT; vit_config {vit_config} has another depth")
         return UNETR(
             in_channels=in_channels,
             out_channels=out_channels,
             img_size=tuple(roi_size),
             feature_size=feature_size or 16,
-            hidden_size=768,
-            mlp_dim=3072,
-            num_heads=12,
+            **vit,
             proj_type="conv",
             norm_name="instance",
             res_block=True,

@@ -11,6 +11,7 @@ from common.transforms.pretraining import (
     pretraining_train_transforms,
     reconstruction_postprocessing,
 )
+from common.transforms.views import RandGlobalLocalViewsd, global_local_train_transforms
 from common.transforms.segmentation import (
     segmentation_inference_transforms,
     segmentation_postprocessing,
@@ -20,10 +21,12 @@ from common.transforms.segmentation import (
 
 __all__ = [
     "CT_WINDOWS",
+    "RandGlobalLocalViewsd",
     "classification_postprocessing",
     "classification_preprocessing",
     "classification_train_transforms",
     "ct_window",
+    "global_local_train_transforms",
     "load_ct",
     "pretraining_inference_transforms",
     "pretraining_train_transforms",

@@ -25,7 +25,8 @@ from monai.transforms import (
 from common.transforms.ct import load_ct
 
 
-def _load_image(pixdim: Sequence[float], window: str) -> list:
+def load_body_ct(pixdim: Sequence[float], window: str) -> list:
+    """:func:`load_ct` of ``"image"`` then a crop to the body (the foreground of the windowed image)."""
     return load_ct(["image"], pixdim, window) + [CropForegroundd(keys="image", source_key="image", allow_smaller=True)]
 
 
@@ -46,7 +47,7 @@ def pretraining_train_transforms(
         window: CT window preset (:data:`common.transforms.CT_WINDOWS`).
     """
     return Compose(
-        _load_image(pixdim, window)
+        load_body_ct(pixdim, window)
         + [
             SpatialPadd(keys="image", spatial_size=roi_size),
             RandSpatialCropSamplesd(keys="image", roi_size=roi_size, num_samples=num_samples, random_size=False),
@@ -64,7 +65,7 @@ def pretraining_inference_transforms(
     """Whole volumes for reconstruction export: the central ``roi_size`` of the body (``None``: all of it,
     padded to a multiple of ``divisor``)."""
     size = [ResizeWithPadOrCropd(keys="image", spatial_size=roi_size)] if roi_size else []
-    return Compose(_load_image(pixdim, window) + size + [DivisiblePadd(keys="image", k=divisor)])
+    return Compose(load_body_ct(pixdim, window) + size + [DivisiblePadd(keys="image", k=divisor)])
 
 
 def reconstruction_postprocessing(preprocessing: Compose, names: Sequence[str], output_dir: str) -> Compose:
