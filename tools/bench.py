@@ -10,6 +10,9 @@
                                  memory (:mod:`tools.bench_sparse`).
 ``python -m tools.bench mim``    MiM's ConvViT encoder on visible tokens only against all tokens (time, memory,
                                  GFLOPs), and one full MiM step of the ``official`` geometry (:mod:`tools.bench_mim`).
+``python -m tools.bench glmae``  one GL-MAE step (paper sizes) split into teacher, student global / local,
+                                 decoder, against the views' data pipeline in views/s (:mod:`tools.bench_glmae`).
+``python -m tools.bench mae3d``  one MAE3D step encoding visible tokens only against all tokens.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from monai.bundle import ConfigWorkflow
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.inferers import sliding_window_inference
 
+from tools.bench_glmae import glmae_costs, mae3d_costs
 from tools.bench_mim import mim_costs
 from tools.bench_sparse import sparse_step
 
@@ -132,5 +136,17 @@ def mim(size: int = 96, batch: int = 1, steps: int = 1, warmup: int = 1, device:
     return {"device": _device_name(torch.device(device)), **mim_costs(size, batch, steps, warmup, device, full_step)}
 
 
+def glmae(batch: int = 1, steps: int = 1, warmup: int = 1, num_workers: int = 2, device: str | None = None) -> dict:
+    """One GL-MAE step split into its parts, and the views' pipeline against the step's consumption."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return {"device": _device_name(torch.device(device)), **glmae_costs(batch, steps, warmup, num_workers, device)}
+
+
+def mae3d(batch: int = 2, steps: int = 1, warmup: int = 1, device: str | None = None) -> dict:
+    """One MAE3D step, visible tokens only vs all tokens: time, peak memory and their ratios."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return {"device": _device_name(torch.device(device)), **mae3d_costs(batch, steps, warmup, device)}
+
+
 if __name__ == "__main__":
-    fire.Fire({"infer": infer, "data": data, "sparse": sparse, "mim": mim})
+    fire.Fire({"infer": infer, "data": data, "sparse": sparse, "mim": mim, "glmae": glmae, "mae3d": mae3d})
