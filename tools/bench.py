@@ -33,6 +33,7 @@ from monai.inferers import sliding_window_inference
 from tools.bench_glmae import glmae_costs, mae3d_costs
 from tools.bench_mim import mim_costs
 from tools.bench_sparse import sparse_step
+from tools.measure import batches_per_second
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "btcv_segmentation"
 
@@ -101,14 +102,7 @@ def data(iterations: int = 12, num_workers: int = 0) -> dict:
     transform = workflow.parser.get_parsed_content("train#preprocessing")
 
     def rate(dataset) -> float:
-        loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=num_workers)
-        done, start = 0, time.perf_counter()
-        while done < iterations:
-            for _ in loader:
-                done += 1
-                if done == iterations:
-                    break
-        return iterations / (time.perf_counter() - start)
+        return batches_per_second(DataLoader(dataset, batch_size=1, shuffle=True, num_workers=num_workers), iterations)
 
     start = time.perf_counter()
     cached = CacheDataset(train_list, transform, cache_rate=1.0, num_workers=num_workers, progress=False)

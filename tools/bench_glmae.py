@@ -15,14 +15,13 @@
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
 
-from tools.measure import in_fresh_process, timed_steps
+from tools.measure import batches_per_second, in_fresh_process, timed_steps
 
 PAPER = {"global_size": 160, "local_size": 96, "global_views": 2, "local_views": 8}
 
@@ -99,13 +98,7 @@ def pipeline_views_per_second(
         datalist = _write_volumes(Path(tmp), volumes, shape)
         dataset = CacheDataset(datalist, global_local_train_transforms(**sizes), cache_rate=1.0, progress=False)
         loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=num_workers)
-        done, start = 0, time.perf_counter()
-        while done < batches:
-            for _ in loader:
-                done += 1
-                if done == batches:
-                    break
-        return batches * (sizes["global_views"] + sizes["local_views"]) / (time.perf_counter() - start)
+        return batches_per_second(loader, batches) * (sizes["global_views"] + sizes["local_views"])
 
 
 def glmae_costs(batch: int = 1, steps: int = 1, warmup: int = 1, num_workers: int = 2, device: str = "cpu") -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -42,6 +42,17 @@ def timed_steps(one_step: Callable[[], None], steps: int, warmup: int, device: t
     else:
         peak_mb = _status_mb("VmHWM")
     return {"seconds_per_step": (time.perf_counter() - start) / steps, "peak_mb": peak_mb - base_mb}
+
+
+def batches_per_second(loader: Iterable, batches: int) -> float:
+    """Batches per second over the first ``batches`` batches of ``loader``, going through it again as needed."""
+    done, start = 0, time.perf_counter()
+    while done < batches:
+        for _ in loader:
+            done += 1
+            if done == batches:
+                break
+    return batches / (time.perf_counter() - start)
 
 
 def in_fresh_process(function: Callable[..., dict], *args) -> dict:
