@@ -2,6 +2,7 @@
 (``smoke.json``: tiny shapes, two iterations), then evaluation and sliding-window inference, also on real CT."""
 
 import csv
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,10 +67,11 @@ def test_training_writes_best_model_training_state_and_mlflow_run(trained):
 
 
 def test_resume_continues_and_fresh_run_keeps_earlier_files(trained, tmp_path):
+    """Resumes a copy of the module's training run (without validation, to stay quick), then starts afresh."""
     models = tmp_path / "models"
+    shutil.copytree(trained["models"], models)
     overrides = {"ckpt_dir": models, "output_dir": tmp_path / "eval"}
-    run_bundle([TRAIN, SMOKE], **overrides)
-    run_bundle([TRAIN, SMOKE], resume="true", max_epochs=2, **overrides)
+    run_bundle([TRAIN, SMOKE], resume="true", max_epochs=2, val_interval=10, **overrides)
     state = torch.load(models / "checkpoint_final.pt", weights_only=False)
     assert state["trainer"]["max_epochs"] == 2 and state["trainer"]["iteration"] == 4
 
