@@ -19,9 +19,9 @@ def _unwrapped(method: object) -> object:
 class MomentumTeacher:
     """Calls ``engine.method.update_teacher(m)`` after every optimizer step of a :class:`SelfSupervisedTrainer`.
 
-    The method (unwrapped from ``DistributedDataParallel``) does ``teacher = m * teacher + (1 - m) * student``. ``m`` follows a cosine from
-    ``base_momentum`` at the first step to ``final_momentum`` at the last of ``total_steps`` optimizer steps
-    (and stays there), the schedule of BYOL (Grill et al., NeurIPS 2020, Sec. 3.2:
+    The method (unwrapped from ``DistributedDataParallel``) does ``teacher = m * teacher + (1 - m) * student``.
+    ``m`` follows a cosine from ``base_momentum`` at the first step to ``final_momentum`` at the last of
+    ``total_steps`` optimizer steps (and stays there), the schedule of BYOL (Grill et al., NeurIPS 2020, Sec. 3.2:
     ``1 - (1 - base) * (cos(pi * k / K) + 1) / 2``) and DINO (Caron et al., ICCV 2021), here indexed so that
     both end points are reached exactly. The current value is kept in ``engine.state.teacher_momentum``.
 
