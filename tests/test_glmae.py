@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from common.losses import GlobalGuidedConsistencyLoss
 from common.methods import GLMAE, MAE3D
-from common.networks import adapt_encoder, segmentation_network
+from common.networks import CLASSIFICATION_ENCODER_RENAME, adapt_encoder, classification_network, segmentation_network
 from common.networks.vit import MaskedViT, interpolate_position_embedding
 from common.transfer import load_pretrained
 from common.transforms import RandGlobalLocalViewsd
@@ -147,3 +147,12 @@ def test_linear_evaluation_freezes_the_encoder_only():
         adapt_encoder(segmentation_network("unetr", out_channels=3, roi_size=(32,) * 3, vit_config=TINY_VIT), "unetr", 4, True)
     with pytest.raises(ValueError, match="12-layer"):
         segmentation_network("unetr", vit_config=TINY_VIT | {"num_layers": 4})
+
+
+def test_pre_trained_vit_loads_into_the_volume_classifier(tmp_path):
+    torch.manual_seed(0)
+    torch.save(tiny_glmae().state_dict(), tmp_path / "model.pt")
+    classifier = classification_network("vit", num_classes=3, roi_size=(64,) * 3, encoder_config={"patch_size": 16, **TINY_VIT})
+    report = load_pretrained(classifier, tmp_path / "model.pt", rename=CLASSIFICATION_ENCODER_RENAME["vit"])
+    assert sorted(report.matched) == sorted(f"encoder.{name}" for name in classifier.encoder.state_dict())
+    assert report.resized == ["encoder.patch_embedding.position_embeddings"] and not report.shape_mismatch

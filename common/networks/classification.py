@@ -17,8 +17,8 @@ head combine them before the class logits.
 
 :data:`CLASSIFICATION_ENCODER_RENAME` says where the encoder tensors of a checkpoint go, for
 :func:`common.transfer.load_pretrained`: a pre-training method's ``encoder.*`` (every method of the
-collection keeps its encoder there), and for ``swin`` / ``vit`` also a fine-tuned Swin UNETR's ``swinViT.*``
-or UNETR's ``vit.*`` (e.g. a ``btcv_segmentation`` model).
+collection keeps its encoder there; GL-MAE / MAE3D keep their ViT under ``encoder.vit.*``), and for ``swin`` /
+``vit`` also a fine-tuned Swin UNETR's ``swinViT.*`` or UNETR's ``vit.*`` (e.g. a ``btcv_segmentation`` model).
 """
 
 from __future__ import annotations
@@ -31,18 +31,15 @@ from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
 from common.networks.convvit import ConvViT3D, convvit_config
+from common.networks.vit import PATCH_SIZE, VIT_SIZES, vit_config
 from common.networks.hybrid import HybridEncoder, hybrid_config
 
 CLASSIFICATION_ARCHS = ("swin", "vit", "hyspark", "mim")
 
-# ViT-B/16 (Dosovitskiy et al. 2021) as UNETR uses it, and the small ViT of the CPU demo (same structure).
-VIT_B16 = {"patch_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_layers": 12, "num_heads": 12}
-CPU_DEMO_VIT = {"patch_size": 16, "hidden_size": 96, "mlp_dim": 384, "num_layers": 4, "num_heads": 4}
-
 # Checkpoint name prefix -> classifier name prefix (``common.transfer.load_pretrained(rename=...)``).
 CLASSIFICATION_ENCODER_RENAME = {
     "swin": {"encoder.": "encoder.", "swinViT.": "encoder."},
-    "vit": {"encoder.": "encoder.", "vit.": "encoder."},
+    "vit": {"encoder.": "encoder.", "vit.": "encoder.", "encoder.vit.": "encoder."},
     "hyspark": {"encoder.": "encoder."},
     "mim": {"encoder.": "encoder."},
 }
@@ -53,8 +50,8 @@ def classification_encoder_config(arch: str, cpu_demo_scale: bool = False) -> di
 
     ``hyspark`` and ``mim`` share theirs with the pre-training bundles (:func:`~common.networks.hybrid_config`,
     :func:`~common.networks.convvit.convvit_config`), so a CPU demo checkpoint fine-tunes into a classifier of
-    the same shape. ``swin`` uses ``feature_size`` 12 on a CPU (as ``btcv_segmentation``), ``vit``
-    :data:`CPU_DEMO_VIT`.
+    the same shape, and ``vit`` likewise with ``glmae_pretrain`` / ``mae3d_pretrain``
+    (:func:`~common.networks.vit.vit_config`). ``swin`` uses ``feature_size`` 12 on a CPU (as ``btcv_segmentation``).
 
     Raises:
         ValueError: ``arch`` is not one of :data:`CLASSIFICATION_ARCHS`.
@@ -62,7 +59,7 @@ def classification_encoder_config(arch: str, cpu_demo_scale: bool = False) -> di
     if arch == "swin":
         return {"feature_size": 12 if cpu_demo_scale else 48}
     if arch == "vit":
-        return dict(CPU_DEMO_VIT if cpu_demo_scale else VIT_B16)
+        return {"patch_size": PATCH_SIZE, **vit_config(cpu_demo_scale)}
     if arch == "hyspark":
         return hybrid_config(cpu_demo_scale)
     if arch == "mim":
@@ -144,7 +141,7 @@ def _swin(in_channels: int, roi_size: Sequence[int], feature_size: int = 48, **o
 
 
 def _vit(in_channels: int, roi_size: Sequence[int], **options) -> tuple[nn.Module, int, bool]:
-    options = {**VIT_B16, **options}
+    options = {"patch_size": PATCH_SIZE, **VIT_SIZES["base"], **options}
     encoder = ViT(in_channels, img_size=tuple(roi_size), proj_type="conv", classification=False, **options)
     return encoder, options["hidden_size"], True
 
