@@ -82,6 +82,16 @@ def extract_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
     return state
 
 
+def _renamed(source: Mapping[str, torch.Tensor], rename: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """The tensors under a prefix of ``rename``, each renamed by the longest prefix it has."""
+    renamed = {}
+    for name, tensor in source.items():
+        old = max((prefix for prefix in rename if name.startswith(prefix)), key=len, default=None)
+        if old is not None:
+            renamed[rename[old] + name[len(old) :]] = tensor
+    return renamed
+
+
 def load_pretrained(
     network: nn.Module,
     path: str | Path,
@@ -102,7 +112,9 @@ def load_pretrained(
         exclude: name prefixes never loaded (e.g. ``("out.",)`` to re-initialise a segmentation head).
         rename: checkpoint name prefix -> network name prefix, e.g. ``{"encoder.": ""}`` to load the
             encoder of a pre-training method into a network whose encoder sits at the top level. When
-            given, only checkpoint tensors under one of its prefixes are considered.
+            given, only checkpoint tensors under one of its prefixes are considered, each renamed by the
+            longest prefix it has (``{"encoder.": "encoder.", "encoder.vit.": "encoder."}`` maps
+            ``encoder.vit.x`` to ``encoder.x`` only).
         map_location: where to load the tensors.
 
     Returns:
@@ -120,12 +132,7 @@ def load_pretrained(
     if not source:
         raise ValueError(f"{path} holds no tensors (looked at the top level and under {STATE_DICT_KEYS})")
     if rename:
-        source = {
-            new + name[len(old) :]: tensor
-            for name, tensor in source.items()
-            for old, new in rename.items()
-            if name.startswith(old)
-        }
+        source = _renamed(source, rename)
 
     target = network.state_dict()
     report = TransferReport()

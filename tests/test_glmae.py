@@ -156,3 +156,4 @@ def test_pre_trained_vit_loads_into_the_volume_classifier(tmp_path):
     report = load_pretrained(classifier, tmp_path / "model.pt", rename=CLASSIFICATION_ENCODER_RENAME["vit"])
     assert sorted(report.matched) == sorted(f"encoder.{name}" for name in classifier.encoder.state_dict())
     assert report.resized == ["encoder.patch_embedding.position_embeddings"] and not report.shape_mismatch
+    assert report.unexpected == ["encoder.cls_token"]  # the longest prefix wins: no encoder.vit.* left over
