@@ -51,7 +51,8 @@ def _glmae_parts(batch: int, steps: int, warmup: int, device: str) -> dict:
             method.zero_grad(set_to_none=True)
             method.head(method.encoder(image, visible)[:, 0]).sum().backward()
 
-        latent = scatter_visible(method.encoder(image, visible)[:, 1:].detach(), visible)
+        with torch.no_grad():
+            latent = scatter_visible(method.encoder(image, visible)[:, 1:], visible)
 
         def decoder() -> None:
             method.zero_grad(set_to_none=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.data.datalist import _absolute, _checked_nifti_pair, _is_nifti, _msd_json, load_datalist, msd_entries
+from common.data.datalist import absolute_path, checked_nifti_pair, is_nifti, load_datalist, msd_entries, msd_json_path
 from common.data.errors import DatalistError
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def classification_datalist(
     Raises:
         DatalistError: see the two readers.
     """
-    json_path = _msd_json(_absolute(source))
+    json_path = msd_json_path(absolute_path(source))
     if json_path is not None:
         return datalist_from_class_json(json_path, key, skip_unreadable)
     return datalist_from_class_folders(source, skip_unreadable)
@@ -71,10 +71,10 @@ def class_names(source: str | os.PathLike) -> list[str]:
     Raises:
         DatalistError: ``source`` is missing, or names no classes (see the two readers).
     """
-    json_path = _msd_json(_absolute(source))
+    json_path = msd_json_path(absolute_path(source))
     if json_path is not None:
         return _json_class_names(_read_json(json_path), json_path)
-    return [folder.name for folder in _class_folders(_absolute(source))]
+    return [folder.name for folder in _class_folders(absolute_path(source))]
 
 
 def datalist_from_class_folders(
@@ -93,7 +93,7 @@ def datalist_from_class_folders(
             image (the message names it); a file is unreadable (unless ``skip_unreadable``).
     """
     datalist = []
-    folders = _class_folders(_absolute(root))
+    folders = _class_folders(absolute_path(root))
     for index, folder in enumerate(folders):
         try:
             entries = load_datalist(folder, skip_unreadable=skip_unreadable)
@@ -120,7 +120,7 @@ def datalist_from_class_json(
         DatalistError: the json is missing, invalid, lacks ``key`` or ``"labels"``; ``key`` is empty; an entry
             has no image, an image that does not exist or is unreadable, or a label that names no class.
     """
-    path = _absolute(json_path)
+    path = absolute_path(json_path)
     names = _json_class_names(_read_json(path), path)
     datalist = []
     for where, entry in msd_entries(path, key, is_segmentation=False):
@@ -129,7 +129,7 @@ def datalist_from_class_json(
             raise DatalistError(f"{where} has label {entry['label']!r}; expected a class index 0..{len(names) - 1}")
         if not os.path.exists(image):
             raise DatalistError(f"image {image} of {where} does not exist")
-        if not _is_nifti(image) or _checked_nifti_pair(image, None, skip_unreadable):
+        if not is_nifti(image) or checked_nifti_pair(image, None, skip_unreadable):
             datalist.append(entry)
     return datalist, names
 
@@ -194,7 +194,7 @@ def classification_split(
         DatalistError: from :func:`classification_datalist` or :func:`stratified_split`.
     """
     datalist, names = classification_datalist(source, "training", skip_unreadable)
-    json_path = _msd_json(_absolute(source))
+    json_path = msd_json_path(absolute_path(source))
     if fold is None and json_path is not None and "validation" in _read_json(json_path):
         validation, _ = datalist_from_class_json(json_path, "validation", skip_unreadable)
         train = datalist

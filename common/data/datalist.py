@@ -76,8 +76,8 @@ def load_datalist(
         DatalistError: ``source`` is missing or holds no images (the message lists what was tried),
             or any error of the reader it dispatches to.
     """
-    path = _absolute(source)
-    json_path = _msd_json(path)
+    path = absolute_path(source)
+    json_path = msd_json_path(path)
     if json_path is not None:
         _reject_label_folder(label_folder, path)
         return datalist_from_msd(json_path, key, skip_unreadable)
@@ -117,7 +117,7 @@ def training_split(
         DatalistError: from :func:`load_datalist` or :func:`split_datalist`.
     """
     datalist = load_datalist(source, "training", label_folder, skip_unreadable)
-    json_path = _msd_json(_absolute(source))
+    json_path = msd_json_path(absolute_path(source))
     validation = None
     if fold is None and json_path is not None and "validation" in _json_keys(json_path):
         validation = datalist_from_msd(json_path, "validation", skip_unreadable)
@@ -142,9 +142,9 @@ def inference_datalist(source: str | os.PathLike, key: str = "test", skip_unread
     Raises:
         DatalistError: as :func:`load_datalist`; a single file that is neither NIfTI nor ``.json``.
     """
-    path = _absolute(source)
-    if path.is_file() and _is_nifti(str(path)):
-        return [{"image": str(path)}] if _checked_nifti_pair(str(path), None, skip_unreadable) else []
+    path = absolute_path(source)
+    if path.is_file() and is_nifti(str(path)):
+        return [{"image": str(path)}] if checked_nifti_pair(str(path), None, skip_unreadable) else []
     return [{"image": entry["image"]} for entry in load_datalist(path, key, skip_unreadable=skip_unreadable)]
 
 
@@ -157,8 +157,8 @@ def pretraining_datalist(source: str | os.PathLike, skip_unreadable: bool = Fals
     Raises:
         DatalistError: as :func:`load_datalist`.
     """
-    path = _absolute(source)
-    json_path = _msd_json(path)
+    path = absolute_path(source)
+    json_path = msd_json_path(path)
     keys = ["training"]
     if json_path is not None and "validation" in json.loads(Path(json_path).read_text()):
         keys.append("validation")
@@ -207,7 +207,7 @@ def datalist_from_msd(json_path: str | os.PathLike, key: str = "training", skip_
             ``"image"``; a listed path does not exist; a NIfTI file is unreadable, not 3D, or its label
             has another shape.
     """
-    path = _absolute(json_path)
+    path = absolute_path(json_path)
     if not path.is_file():
         raise DatalistError(f"MSD datalist {path} does not exist; expected a dataset.json file")
     datalist = []
@@ -216,7 +216,7 @@ def datalist_from_msd(json_path: str | os.PathLike, key: str = "training", skip_
             for listed in ensure_tuple(entry.get(name, ())):
                 if not os.path.exists(listed):
                     raise DatalistError(f"{name} {listed} of {where} does not exist")
-        if not _is_nifti(entry["image"]) or _checked_nifti_pair(entry["image"], entry.get("label"), skip_unreadable):
+        if not is_nifti(entry["image"]) or checked_nifti_pair(entry["image"], entry.get("label"), skip_unreadable):
             datalist.append(entry)
     return datalist
 
@@ -267,7 +267,7 @@ def datalist_from_nifti_folder(
     datalist = []
     for image in images:
         label = labels.get(image)
-        if _checked_nifti_pair(str(image), str(label) if label else None, skip_unreadable):
+        if checked_nifti_pair(str(image), str(label) if label else None, skip_unreadable):
             datalist.append({"image": str(image), "label": str(label)} if label else {"image": str(image)})
     return datalist
 
@@ -403,7 +403,8 @@ def _check_disjoint(datalist: Sequence[dict], validation: Sequence[dict]) -> Non
 # ------------------------------------------------------------------------------------------- NIfTI
 
 
-def _is_nifti(image: object) -> bool:
+def is_nifti(image: object) -> bool:
+    """Whether ``image`` is a path ending in a NIfTI suffix."""
     return isinstance(image, str) and image.endswith(NIFTI_SUFFIXES)
 
 
@@ -464,7 +465,7 @@ def _pair_labels(images: list[Path], label_dir: Path) -> dict[Path, Path]:
     return pairs
 
 
-def _checked_nifti_pair(image: str, label: str | None, skip_unreadable: bool) -> bool:
+def checked_nifti_pair(image: str, label: str | None, skip_unreadable: bool) -> bool:
     """Check an image (and its label) from their headers; ``False`` if skipped as unreadable.
 
     Raises:
@@ -520,12 +521,12 @@ def _gzip_size(path: Path, expected: int) -> int:
 # ------------------------------------------------------------------------------------------- paths
 
 
-def _absolute(path: str | os.PathLike) -> Path:
+def absolute_path(path: str | os.PathLike) -> Path:
     """``path`` made absolute and normalised, symbolic links kept."""
     return Path(os.path.abspath(os.path.expanduser(path)))
 
 
-def _msd_json(path: Path) -> Path | None:
+def msd_json_path(path: Path) -> Path | None:
     """The MSD datalist that ``path`` names: itself if a ``.json`` file, its ``dataset.json`` if a folder.
 
     Raises:
@@ -544,7 +545,7 @@ def _json_keys(json_path: Path) -> list[str]:
 
 
 def _existing_folder(folder: str | os.PathLike, what: str) -> Path:
-    path = _absolute(folder)
+    path = absolute_path(folder)
     if not path.is_dir():
         raise DatalistError(f"{what} {path} does not exist or is not a folder")
     return path

@@ -22,7 +22,7 @@ from monai.networks.blocks import TransformerBlock, UnetOutBlock, UnetrBasicBloc
 from torch import nn
 
 from common.masking import upsample_mask
-from common.networks.layers import ChannelsFirstLayerNorm, sincos_position_embedding
+from common.networks.layers import ChannelsFirstLayerNorm, depthwise_conv_input, sincos_position_embedding
 
 # The paper's backbone, and the small one the bundles use on a CPU (same structure).
 PAPER_CONVVIT = {"widths": (48, 96, 192, 384), "depths": (2, 2, 2, 11), "num_heads": 12}
@@ -78,11 +78,7 @@ class MaskedConvBlock(nn.Module):
         y = self.conv1(self.norm1(x))
         if visible is not None:
             y = y * visible.to(y.dtype)
-        if y.device.type == "cpu":
-            # oneDNN's backward pass of a channels-first 3D depth-wise convolution is ~15x slower than with a
-            # channels-last input (torch 2.13; docs/benchmarks.md): hand it channels-last.
-            y = y.contiguous(memory_format=torch.channels_last_3d)
-        x = x + self.conv2(self.dwconv(y))
+        x = x + self.conv2(self.dwconv(depthwise_conv_input(y, self.dwconv)))
         return x + self.mlp(self.norm2(x))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.networks.layers import ChannelsFirstLayerNorm
+from common.networks.layers import ChannelsFirstLayerNorm, depthwise_conv_input
 from common.sparse.context import remask, visible_like
 from common.sparse.spconv_ops import is_sparse, per_sample_statistics, sparse_conv, sparse_max_pool
 
@@ -25,7 +25,9 @@ class _SparseConv:
     def forward(self, x):
         if is_sparse(x):
             return sparse_conv(x, self)
-        return remask(super().forward(x))
+        if visible_like(x) is None:  # no mask: exactly the dense convolution
+            return super().forward(x)
+        return remask(super().forward(depthwise_conv_input(x, self)))
 
 
 class SparseConv2d(_SparseConv, nn.Conv2d):
