@@ -19,7 +19,7 @@ from common.engine import (
     ReconstructionSnapshots,
     SelfSupervisedTrainer,
     latest_checkpoint,
-    loss_terms,
+    logged_scalars,
     lr_schedule,
     orthogonal_slices_png,
     param_groups,
@@ -113,8 +113,9 @@ def test_loss_decreases_and_the_output_holds_float_terms_and_first_sample_images
     output = trainer.state.output
     assert type(output["loss"]) is float and type(output["loss/recon"]) is float
     assert output["loss"] == pytest.approx(output["loss/recon"])
-    assert loss_terms(output) == {"loss": output["loss"], "loss/recon": output["loss/recon"]}
+    assert logged_scalars(output) == {"loss": output["loss"], "loss/recon": output["loss/recon"]}
     assert list(output["images"]) == ["input", "reconstruction"]
+    assert logged_scalars({"loss": 1.0, "stat/std": 0.5, "images": {}, "lossy": 2.0}) == {"loss": 1.0, "stat/std": 0.5}
     assert all(image.shape == SHAPE and not image.requires_grad for image in output["images"].values())
     assert method.batch_keys == {"image", "name"}
     assert trainer.state.optimizer_steps == 20
@@ -277,7 +278,7 @@ def test_mlflow_run_gets_every_named_loss_and_the_final_snapshot(tmp_path):
         tracking_uri=f"sqlite:///{tmp_path}/mlruns.db",
         experiment_name="ssl",
         run_name="toy",
-        output_transform=loss_terms,
+        output_transform=logged_scalars,
         close_on_complete=True,  # attached first: closes the run before the final snapshot is written
     )
     snapshots = ReconstructionSnapshots(tmp_path / "eval", interval=100, mlflow_handler=mlflow_handler)

@@ -14,7 +14,7 @@ from common.engine.schedules import (
 from common.engine.progress import TrainingProgress
 from common.engine.snapshots import ReconstructionSnapshots, orthogonal_slices_png
 from common.engine.tracking import tracking_uri
-from common.engine.trainer import OptimizerEvents, SelfSupervisedTrainer, loss_terms
+from common.engine.trainer import OptimizerEvents, SelfSupervisedTrainer, logged_scalars
 
 __all__ = [
     "CosineSchedule",
@@ -25,7 +25,7 @@ __all__ = [
     "SelfSupervisedTrainer",
     "TrainingProgress",
     "latest_checkpoint",
-    "loss_terms",
+    "logged_scalars",
     "lr_schedule",
     "orthogonal_slices_png",
     "param_groups",

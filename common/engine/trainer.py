@@ -4,6 +4,8 @@ A *method* is an ``nn.Module`` whose ``forward(batch: dict) -> dict`` returns
 
 * ``"loss"``: the scalar total loss to back-propagate;
 * ``"loss/<name>"``: scalar named parts of it (e.g. ``"loss/recon"``), detached or not;
+* optionally ``"stat/<name>"``: scalars worth watching that are not losses (e.g. ``"stat/embedding_std"``, a
+  collapse check of the contrastive methods), logged like the loss terms;
 * optionally ``"images"``: ``{name: tensor}`` of shape (B, 1, D, H, W) or (B, 1, H, W), values roughly in
   [0, 1], in display order (e.g. input, masked, reconstruction, target).
 
@@ -27,6 +29,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 LOSS = "loss"
+STAT = "stat"
 IMAGES = "images"
 
 
@@ -40,14 +43,18 @@ class OptimizerEvents(EventEnum):
     STEP_COMPLETED = "optimizer_step_completed"
 
 
-def loss_terms(output: Mapping[str, Any]) -> dict[str, float]:
-    """The ``"loss"`` and ``"loss/<name>"`` entries of a :class:`SelfSupervisedTrainer` output.
+def logged_scalars(output: Mapping[str, Any]) -> dict[str, float]:
+    """The ``"loss"``, ``"loss/<name>"`` and ``"stat/<name>"`` entries of a :class:`SelfSupervisedTrainer` output.
 
     Use it as ``output_transform`` of ``StatsHandler`` and ``MLFlowHandler``
-    (``"output_transform": "$common.engine.loss_terms"``): each entry becomes its own printed value / MLflow
-    metric, named as in the output (``loss``, ``loss/recon``, ...).
+    (``"output_transform": "$common.engine.logged_scalars"``): each entry becomes its own printed value / MLflow
+    metric, named as in the output (``loss``, ``loss/recon``, ``stat/embedding_std``, ...).
     """
-    return {key: value for key, value in output.items() if key == LOSS or key.startswith(LOSS + "/")}
+    return {
+        key: value
+        for key, value in output.items()
+        if key == LOSS or key.startswith(LOSS + "/") or key.startswith(STAT + "/")
+    }
 
 
 def as_plain_tensor(value: torch.Tensor) -> torch.Tensor:
@@ -59,12 +66,12 @@ class SelfSupervisedTrainer(Trainer):
     """Trains a self-supervised method: forward the batch dict, back-propagate ``"loss"``, step the optimizer.
 
     A MONAI ``Trainer``, so MONAI handlers work as usual: ``StatsHandler`` / ``MLFlowHandler`` (with
-    ``output_transform=loss_terms``), ``CheckpointSaver`` / ``CheckpointLoader`` with
+    ``output_transform=logged_scalars``), ``CheckpointSaver`` / ``CheckpointLoader`` with
     ``save_dict={"method": ..., "optimizer": ..., "trainer": ...}``, ``LrScheduleHandler``.
 
-    ``engine.state.output`` after each iteration is a dict: every ``"loss"`` / ``"loss/<name>"`` entry of the
-    method output as a Python float, and, when the method returned them, ``"images"``: ``{name: tensor}`` of
-    the first sample only, detached, shape (1, *spatial) (channel first), still on the device.
+    ``engine.state.output`` after each iteration is a dict: every :func:`logged_scalars` entry of the method
+    output as a Python float, and, when the method returned them, ``"images"``: ``{name: tensor}`` of the first
+    sample only, detached, shape (1, *spatial) (channel first), still on the device.
 
     ``engine.state.optimizer_steps`` counts optimizer steps (saved and restored with the ``"trainer"``
     checkpoint entry) and :attr:`OptimizerEvents.STEP_COMPLETED` fires after each.
@@ -153,7 +160,7 @@ class SelfSupervisedTrainer(Trainer):
             batchdata: the batch dict from the data loader.
 
         Returns:
-            The float loss terms and, if any, the first sample's ``"images"`` (see the class docstring).
+            The logged scalars as floats and, if any, the first sample's ``"images"`` (see the class docstring).
         """
         # MONAI's MetaTensors become plain tensors: the methods need no meta data, and every operation on a
         # MetaTensor pays for propagating it.
@@ -182,13 +189,13 @@ class SelfSupervisedTrainer(Trainer):
         return output
 
     def _loss_values(self, result: Mapping[str, Any]) -> dict[str, float]:
-        """The loss terms of the method output as floats, after checking that ``"loss"`` is there and finite."""
+        """The logged scalars of the method output as floats, after checking that ``"loss"`` is there and finite."""
         if LOSS not in result:
             raise ValueError(
                 f"{type(self.method).__name__}.forward must return a dict with {LOSS!r} (the total loss to "
                 f"back-propagate); got keys {sorted(result)} at iteration {self.state.iteration}"
             )
-        losses = {key: float(torch.as_tensor(value).detach()) for key, value in loss_terms(result).items()}
+        losses = {key: float(torch.as_tensor(value).detach()) for key, value in logged_scalars(result).items()}
         if not math.isfinite(losses[LOSS]):
             parts = ", ".join(f"{key}={value:.6g}" for key, value in losses.items())
             raise FloatingPointError(

@@ -9,6 +9,7 @@ from common.networks.classification import (
 from common.networks.convvit import ConvViT3D, ConvViTSegmentationNet, convvit_config
 from common.networks.hybrid import HybridEncoder, HybridSegmentationNet, hybrid_config
 from common.networks.mednext import MedNeXtEncoder
+from common.networks.resnet import ResNetEncoder, resnet
 from common.networks.segmentation import (
     ENCODER_MODULES,
     PRETRAINED_ENCODER_RENAME,
@@ -32,11 +33,13 @@ __all__ = [
     "HybridSegmentationNet",
     "MaskedViT",
     "MedNeXtEncoder",
+    "ResNetEncoder",
     "adapt_encoder",
     "classification_encoder_config",
     "classification_network",
     "convvit_config",
     "hybrid_config",
+    "resnet",
     "segmentation_network",
     "vit_config",
 ]
