@@ -1,14 +1,16 @@
-"""SparK / SparK-3D / HySparK: the loss scores masked patches only, a step learns, and the pre-trained
-encoders transfer into the segmentation networks (>= 95 % of tensors, identical features)."""
+"""SparK / SparK-3D / SparK 2D / HySparK: the loss scores masked patches only, a step learns, the encoder sees
+the visible region only, and the pre-trained encoders transfer into the downstream networks (>= 95 % of
+tensors, identical features)."""
 
 import copy
 
+import pytest
 import torch
 
 from common.losses import MaskedPatchReconstructionLoss, patchify, unpatchify
 from common.masking import random_patch_mask, upsample_mask
-from common.methods import HySparK, SparK3D
-from common.networks import PRETRAINED_ENCODER_RENAME, hybrid_config, segmentation_network
+from common.methods import HySparK, SparK2D, SparK3D
+from common.networks import PRETRAINED_ENCODER_RENAME, hybrid_config, resnet, segmentation_network
 from common.transfer import load_pretrained
 
 TINY_HYBRID = {"channels": (4, 8, 8, 12, 12), "depths": (1, 1, 1, 1, 1), "vit_depth": 1, "num_heads": 2}
@@ -22,10 +24,11 @@ def test_patchify_round_trips_and_orders_cells_like_the_mask():
     assert torch.equal(patches[:, 1], x[:, 0, :16, :16, 16:].flatten(1))  # raster order of the (2, 2, 2) grid
 
 
-def test_loss_is_per_patch_normalised_mse_on_masked_patches_only():
+@pytest.mark.parametrize("spatial_size", [(8, 8, 8), (8, 8)], ids=["3d", "2d"])
+def test_loss_is_per_patch_normalised_mse_on_masked_patches_only(spatial_size):
     loss = MaskedPatchReconstructionLoss(patch_size=4)
-    image = torch.rand(2, 1, 8, 8, 8) * 3 + 1
-    visible = random_patch_mask(2, (2, 2, 2), 0.5, generator=torch.Generator().manual_seed(0))
+    image = torch.rand(2, 1, *spatial_size) * 3 + 1
+    visible = random_patch_mask(2, [s // 4 for s in spatial_size], 0.5, generator=torch.Generator().manual_seed(0))
     prediction = torch.randn_like(image)
     value = loss(prediction, image, visible)
 
@@ -114,3 +117,48 @@ def test_reconstruct_with_spconv_matches_masked_backend():
     visible = method.mask(image)
     with torch.no_grad():
         torch.testing.assert_close(twin.reconstruct(image, visible), method.reconstruct(image, visible), atol=1e-4, rtol=1e-4)
+
+
+def test_spark2d_reconstruction_depends_on_the_visible_patches_only():
+    torch.manual_seed(0)
+    method = SparK2D(decoder_width=32, sparse_backend="masked")  # train mode: BatchNorm over visible positions
+    image = torch.rand(2, 1, 96, 96)
+    visible = method.mask(image)
+    assert visible.shape == (2, 1, 3, 3) and (visible.flatten(1).sum(1) == round(9 * 0.4)).all()
+    hidden = ~upsample_mask(visible, image.shape[2:])
+    altered = torch.where(hidden, torch.rand_like(image) * 5, image)
+    with torch.no_grad():
+        torch.testing.assert_close(method.reconstruct(altered, visible), method.reconstruct(image, visible))
+
+    out = method({"image": image})
+    out["loss"].backward()
+    assert set(out) == {"loss", "loss/recon", "images"}
+    assert all(v.shape == image.shape for v in out["images"].values())
+    assert all(norm.weight.grad is not None for norm in method.densify_norms)
+
+
+def test_spark2d_spconv_matches_masked_backend():
+    torch.manual_seed(0)
+    method = SparK2D(depth=18, decoder_width=32, sparse_backend="masked").eval()
+    twin = copy.deepcopy(method)
+    twin.sparse_backend = "spconv"
+    image = torch.rand(2, 1, 64, 64)
+    visible = method.mask(image)
+    with torch.no_grad():
+        torch.testing.assert_close(twin.reconstruct(image, visible), method.reconstruct(image, visible), atol=1e-4, rtol=1e-4)
+
+
+def test_spark2d_encoder_transfers_into_monai_resnet(tmp_path):
+    torch.manual_seed(0)
+    method = SparK2D(decoder_width=32)
+    torch.save({"model": method.state_dict()}, tmp_path / "model.pt")
+    network = resnet(50, spatial_dims=2, in_channels=1, num_classes=2)
+    report = load_pretrained(network, tmp_path / "model.pt", rename={"encoder.": ""})
+    assert len(report.matched) == len(method.encoder.state_dict()) and not report.shape_mismatch
+
+    image = torch.randn(1, 1, 64, 64)
+    method.eval(), network.eval()
+    with torch.no_grad():
+        pooled = network.avgpool(network.layer4(network.layer3(network.layer2(network.layer1(
+            network.maxpool(network.act(network.bn1(network.conv1(image)))))))))
+        torch.testing.assert_close(pooled.flatten(1), method.encoder.pooled(image))

@@ -1,9 +1,17 @@
 """Self-supervised methods: one module each, ``forward(batch) -> {"loss", "loss/<part>", "images"}``."""
 
+from common.methods.byol import BYOL
 from common.methods.glmae import GLMAE
 from common.methods.hyspark import HySparK
 from common.methods.mae import MAE3D
 from common.methods.mim import MIM_GEOMETRIES, MiM, MiMGeometry, mim_geometry
-from common.methods.spark import SparK, SparK3D
+from common.methods.moco import MoCoV2
+from common.methods.spark import SparK, SparK2D, SparK3D
+from common.methods.swav import SwAV
 
-__all__ = ["GLMAE", "MAE3D", "MIM_GEOMETRIES", "HySparK", "MiM", "MiMGeometry", "SparK", "SparK3D", "mim_geometry"]
+__all__ = [
+    "BYOL",
+    "GLMAE", "MAE3D", "MIM_GEOMETRIES", "HySparK", "MiM", "MiMGeometry",
+    "MoCoV2",
+    "SparK", "SparK2D", "SparK3D", "SwAV", "mim_geometry",
+]

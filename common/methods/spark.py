@@ -1,11 +1,12 @@
-"""SparK: sparse masked modelling of a hierarchical (CNN or hybrid) encoder, and SparK-3D on MedNeXt.
+"""SparK: sparse masked modelling of a hierarchical (CNN or hybrid) encoder; SparK-3D on MedNeXt, SparK 2D on ResNet.
 
 Tian et al., "Designing BERT for Convolutional Networks: Sparse and Hierarchical Masked Modeling",
 ICLR 2023. One step:
 
 1. draw a mask on the coarsest grid (one cell per ``downsample_ratio`` patch), exact keep count per sample;
 2. encode the visible region only, every scale seeing the up-sampled mask (:mod:`common.sparse`);
-3. densify: fill each scale's masked positions with a learnable mask token and project to the decoder width;
+3. densify: optionally normalise each scale's visible features (SparK's sparse BatchNorm for ResNets), fill its
+   masked positions with a learnable mask token and project to the decoder width;
 4. decode with a light U-shaped decoder (:class:`~common.networks.light_decoder.LightDecoder`);
 5. per-patch normalised MSE on the masked patches (:class:`~common.losses.MaskedPatchReconstructionLoss`).
 """
@@ -20,7 +21,9 @@ from common.masking import random_patch_mask, upsample_mask
 from common.methods.images import masked_reconstruction_images
 from common.networks.light_decoder import LightDecoder
 from common.networks.mednext import MedNeXtEncoder
-from common.sparse import encode_visible, resolve_backend, sparsify
+from common.networks.resnet import ResNetEncoder
+from common.sparse import encode_visible, resolve_backend, sparsify, visible_region
+from common.sparse.layers import SparseBatchNorm2d, SparseBatchNorm3d
 
 
 class SparK(nn.Module):
@@ -36,6 +39,9 @@ class SparK(nn.Module):
         mask_ratio: fraction of masked patches.
         sparse_backend: ``auto``, ``masked`` or ``spconv`` (:func:`common.sparse.resolve_backend`).
         in_channels: image channels (reconstructed channels).
+        spatial_dims: 2 (slices) or 3 (volumes): the dimension of the densify layers and the decoder.
+        densify_norm: normalise each scale's encoder map, statistics over the visible positions only, before the
+            mask tokens fill it (SparK's ``densify_norms``: sparse BatchNorm for ResNets; HySparK has none).
 
     ``forward({"image": (B, C, *S)})`` returns ``{"loss", "loss/recon", "images"}``; ``S`` must be a
     multiple of ``encoder.downsample_ratio``.
@@ -50,6 +56,8 @@ class SparK(nn.Module):
         mask_ratio: float = 0.75,
         sparse_backend: str = "auto",
         in_channels: int = 1,
+        spatial_dims: int = 3,
+        densify_norm: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = sparsify(encoder)
@@ -59,18 +67,21 @@ class SparK(nn.Module):
         self.num_levels = num_levels
         channels = list(reversed(encoder.feature_channels))[:num_levels]  # coarse to fine
         widths = [decoder_width // 2**i for i in range(num_levels)]
-        self.mask_tokens = nn.ParameterList(nn.Parameter(torch.zeros(1, c, 1, 1, 1)) for c in channels)
+        self.mask_tokens = nn.ParameterList(nn.Parameter(torch.zeros(1, c, *[1] * spatial_dims)) for c in channels)
         for token in self.mask_tokens:
             nn.init.trunc_normal_(token, std=0.02, a=-0.02, b=0.02)
+        batch_norm = SparseBatchNorm2d if spatial_dims == 2 else SparseBatchNorm3d
+        self.densify_norms = nn.ModuleList(batch_norm(c) for c in channels) if densify_norm else None
         # SparK: 1x1 projection at the coarsest scale, 3x3 at the finer ones.
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.densify = nn.ModuleList(
-            nn.Conv3d(c, w, kernel_size=1 if i == 0 else 3, padding=0 if i == 0 else 1)
+            conv(c, w, kernel_size=1 if i == 0 else 3, padding=0 if i == 0 else 1)
             for i, (c, w) in enumerate(zip(channels, widths))
         )
         num_upsamples = self.patch_size.bit_length() - 1
         if 2**num_upsamples != self.patch_size:
             raise ValueError(f"the encoder's down-sampling must be a power of two, got {self.patch_size}")
-        self.decoder = LightDecoder(decoder_width, num_upsamples, skip, out_channels=in_channels)
+        self.decoder = LightDecoder(decoder_width, num_upsamples, skip, out_channels=in_channels, spatial_dims=spatial_dims)
         self.loss = MaskedPatchReconstructionLoss(self.patch_size)
 
     def mask(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -81,9 +92,12 @@ class SparK(nn.Module):
     def reconstruct(self, image: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """Decoder output ``(B, C, *S)`` (per-patch normalised units) from the visible part of ``image``."""
         backend = resolve_backend(self.sparse_backend, image.device)
-        features = encode_visible(self.encoder, image, visible, backend)
+        features = list(reversed(encode_visible(self.encoder, image, visible, backend)))[: self.num_levels]
+        if self.densify_norms is not None:
+            with visible_region(visible):
+                features = [norm(feature) for norm, feature in zip(self.densify_norms, features)]
         to_decoder = []
-        for feature, token, project in zip(reversed(features), self.mask_tokens, self.densify):
+        for feature, token, project in zip(features, self.mask_tokens, self.densify):
             where = upsample_mask(visible, feature.shape[2:])
             to_decoder.append(project(torch.where(where, feature, token.to(feature.dtype))))
         return self.decoder(to_decoder)
@@ -112,3 +126,32 @@ class SparK3D(SparK):
 
     def __init__(self, variant: str = "S", kernel_size: int = 3, in_channels: int = 1, **kwargs) -> None:
         super().__init__(MedNeXtEncoder(variant, in_channels, kernel_size), skip="add", in_channels=in_channels, **kwargs)
+
+
+class SparK2D(SparK):
+    """SparK on a 2D ResNet, as Wolf et al. (2023) pre-train ResNet-50 on CT slices with SparK's official recipe.
+
+    SparK's ResNet set-up (Tian et al., Sec. 3 and the official ``pretrain`` code): 32 x 32 patches (the
+    ResNet's 1/32 down-sampling; a 7 x 7 mask grid at 224), mask ratio 0.6, the four stage maps (1/4 .. 1/32)
+    densified with a sparse BatchNorm, a mask token and a projection, the light decoder of width 768 with
+    additive skips.
+
+    Args:
+        depth: ResNet depth (50 in the study).
+        in_channels: image channels (1: grey CT slices).
+        mask_ratio: fraction of masked patches (0.6).
+        **kwargs: :class:`SparK` options (``decoder_width``, ``sparse_backend`` ...).
+
+    ``forward({"image": (B, C, H, W)})``, ``H`` and ``W`` multiples of 32.
+    """
+
+    def __init__(self, depth: int = 50, in_channels: int = 1, mask_ratio: float = 0.6, **kwargs) -> None:
+        super().__init__(
+            ResNetEncoder(depth, spatial_dims=2, in_channels=in_channels),
+            skip="add",
+            mask_ratio=mask_ratio,
+            in_channels=in_channels,
+            spatial_dims=2,
+            densify_norm=True,
+            **kwargs,
+        )

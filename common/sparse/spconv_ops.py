@@ -37,6 +37,10 @@ def _spconv() -> ModuleType:
     with warnings.catch_warnings():  # spconv 2.3.6 decorates with the deprecated torch.cuda.amp.custom_fwd
         warnings.simplefilter("ignore", FutureWarning)
         import spconv.pytorch
+    # spconv 2.3.6's ``SparseConvTensor.__iadd__`` assigns to the read-only ``features`` property and always
+    # raises; the out-of-place add (``x += y`` rebinds ``x``) lets residual blocks written with ``+=`` (MONAI's
+    # ResNet) run sparse.
+    spconv.pytorch.SparseConvTensor.__iadd__ = spconv.pytorch.SparseConvTensor.__add__
     return spconv.pytorch
 
 
@@ -242,19 +246,30 @@ def sparse_conv(x: SparseTensor, conv: torch.nn.modules.conv._ConvNd) -> SparseT
 
 
 def sparse_max_pool(x: SparseTensor, pool: torch.nn.modules.pooling._MaxPoolNd) -> SparseTensor:
-    """Max over the visible positions of each non-overlapping window (kernel = stride, no padding)."""
+    """Max over the visible positions of each pooling window, at the visible positions of the output scale.
+
+    Windows may overlap and be padded (ResNet's 3x3 stride-2 pooling): the output rows are those of the
+    down-sampled mask (:func:`downsampled`), and each takes the maximum of the visible inputs its window
+    reaches through the :func:`rulebook`, as the ``masked`` back-end's pooling of a ``-inf``-filled map does.
+    """
     ndim = len(x.spatial_shape)
-    kernel = tuple(pool.kernel_size) if isinstance(pool.kernel_size, Sequence) else (pool.kernel_size,) * ndim
-    stride = pool.stride if pool.stride is not None else kernel
-    stride = tuple(stride) if isinstance(stride, Sequence) else (stride,) * ndim
-    padding = pool.padding if isinstance(pool.padding, Sequence) else (pool.padding,) * ndim
-    if kernel != stride or any(padding) or pool.ceil_mode:
-        raise NotImplementedError(f"sparse max-pooling needs kernel == stride and no padding, got {pool}")
-    out_shape = [size // s for size, s in zip(x.spatial_shape, stride)]
-    out_indices, parent = downsampled(x, stride, out_shape)
+    kernel, stride, padding, dilation = (
+        tuple(value) if isinstance(value, Sequence) else (value,) * ndim
+        for value in (pool.kernel_size, pool.stride or pool.kernel_size, pool.padding, pool.dilation)
+    )
+    if pool.ceil_mode:
+        raise NotImplementedError(f"sparse max-pooling does not support ceil_mode, got {pool}")
+    out_shape = [
+        (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for size, k, s, p, d in zip(x.spatial_shape, kernel, stride, padding, dilation)
+    ]
+    out_indices, _ = downsampled(x, stride, out_shape)
+    pairs = rulebook(x, out_indices, kernel, stride, padding, dilation)
+    rows_in = torch.cat([rows for rows, _ in pairs])
+    rows_out = torch.cat([rows for _, rows in pairs])
     features = x.features
     pooled = features.new_empty((out_indices.shape[0], features.shape[1])).scatter_reduce(
-        0, parent[:, None].expand_as(features), features, reduce="amax", include_self=False
+        0, rows_out[:, None].expand(-1, features.shape[1]), features[rows_in], reduce="amax", include_self=False
     )
     return _spconv().SparseConvTensor(pooled, out_indices, out_shape, x.batch_size)
 
