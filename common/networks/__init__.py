@@ -9,7 +9,7 @@ from common.networks.classification import (
 from common.networks.convvit import ConvViT3D, ConvViTSegmentationNet, convvit_config
 from common.networks.hybrid import HybridEncoder, HybridSegmentationNet, hybrid_config
 from common.networks.mednext import MedNeXtEncoder
-from common.networks.resnet import ResNetEncoder, resnet
+from common.networks.resnet import ResNetEncoder, resnet_classifier
 from common.networks.segmentation import (
     ENCODER_MODULES,
     PRETRAINED_ENCODER_RENAME,
@@ -39,7 +39,7 @@ __all__ = [
     "classification_network",
     "convvit_config",
     "hybrid_config",
-    "resnet",
+    "resnet_classifier",
     "segmentation_network",
     "vit_config",
 ]

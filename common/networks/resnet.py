@@ -1,10 +1,10 @@
 """MONAI's ResNet with the ImageNet geometry of the 2D study (Wolf et al. 2023), and its encoder half.
 
 The study pre-trains and fine-tunes a ResNet-50 (He et al., CVPR 2016) on 2D CT slices. Both halves here are
-MONAI's :class:`~monai.networks.nets.ResNet`, built by :func:`resnet` with the torchvision layout the study's
+MONAI's :class:`~monai.networks.nets.ResNet`, built by :func:`resnet_classifier` with the torchvision layout the study's
 ResNet-50 has: a 7x7 stride-2 stem convolution and max pooling (1/4), four bottleneck stages down to 1/32,
 bias-free 1x1 projection shortcuts. :class:`ResNetEncoder` keeps the stem and the stages under MONAI's
-names, so its state dict loads unchanged into :func:`resnet` (whose ``fc`` is the downstream linear layer).
+names, so its state dict loads unchanged into :func:`resnet_classifier` (whose ``fc`` is the downstream linear layer).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 RESNET_LAYERS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
 
 
-def resnet(depth: int = 50, spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2) -> ResNet:
+def resnet_classifier(depth: int = 50, spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2) -> ResNet:
     """MONAI's ResNet of ``depth`` with the ImageNet stem (stride-2 7x7 convolution) and bias-free shortcuts.
 
     Args:
@@ -49,10 +49,10 @@ def resnet(depth: int = 50, spatial_dims: int = 2, in_channels: int = 1, num_cla
 
 
 class ResNetEncoder(nn.Module):
-    """The stem and the four stages of :func:`resnet`, returning every stage's map (SparK's hierarchy).
+    """The stem and the four stages of :func:`resnet_classifier`, returning every stage's map (SparK's hierarchy).
 
     Args:
-        depth, spatial_dims, in_channels: as :func:`resnet`.
+        depth, spatial_dims, in_channels: as :func:`resnet_classifier`.
 
     Forward: ``(B, in_channels, *S)``, ``S`` divisible by 32 -> four maps, fine to coarse, of
     :attr:`feature_channels` channels at ``S / 4, S / 8, S / 16, S / 32``. :meth:`pooled` gives the global
@@ -62,7 +62,7 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, depth: int = 50, spatial_dims: int = 2, in_channels: int = 1) -> None:
         super().__init__()
-        network = resnet(depth, spatial_dims, in_channels)
+        network = resnet_classifier(depth, spatial_dims, in_channels)
         self.conv1, self.bn1, self.act, self.maxpool = network.conv1, network.bn1, network.act, network.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = network.layer1, network.layer2, network.layer3, network.layer4
         self.spatial_dims = spatial_dims
