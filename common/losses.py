@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
@@ -153,3 +154,168 @@ class GlobalGuidedConsistencyLoss(nn.Module):
         """``c <- m c + (1 - m) mean(teacher)`` over the batch and views (DINO eq. 4); call once per step."""
         mean = teacher.float().flatten(0, -2).mean(dim=0, keepdim=True)
         self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
+
+
+def _all_reduced(tensor: torch.Tensor, op: str = "SUM") -> torch.Tensor:
+    """``tensor`` reduced in place (``op``: a ``torch.distributed.ReduceOp`` name) over the processes of the default
+    group when one is initialised (DDP), else ``tensor`` itself."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
+    return tensor
+
+
+@torch.no_grad()
+def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+    """SwAV's codes: a soft, equipartitioned assignment of a batch to the prototypes (Caron et al., NeurIPS 2020).
+
+    Eq. 3 and Appendix A.1: ``Q = exp(C^T Z / epsilon)`` (prototypes x samples) is scaled towards the
+    transportation polytope (each prototype holding ``1/K`` of the mass, each sample ``1/B``) by alternating
+    normalisations, ``iterations`` times: every prototype row to the same total, then every sample column to the
+    same total. Uniform constants cancel between the steps, so the rows are scaled to 1 and the columns to 1: the
+    returned codes sum to 1 per sample, and each prototype holds about ``B / K`` of the batch (exactly before the
+    last sample step). Under ``torch.distributed`` the prototype totals run over the global batch, as the
+    official ``distributed_sinkhorn``; single-process otherwise. Computed in float32 without gradient; the
+    scores' maximum (over all processes) is subtracted before the exponential, a constant factor that the first
+    normalisation removes, so a small ``epsilon`` cannot overflow.
+
+    Args:
+        scores: ``(B, K)``, ``C^T z`` of every sample: cosine similarities of the L2-normalised embeddings with the
+            L2-normalised prototypes.
+        epsilon: entropy regularisation (0.05); smaller gives sharper codes.
+        iterations: Sinkhorn-Knopp iterations (3).
+
+    Returns:
+        ``(B, K)`` codes ``q``, rows summing to 1.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"sinkhorn_knopp expects scores of shape (B, K), got {tuple(scores.shape)}")
+    scores = scores.float()
+    global_max = _all_reduced(scores.max(), op="MAX")
+    codes = torch.exp((scores - global_max) / epsilon).t()  # (K, B)
+    for _ in range(iterations):
+        codes /= _all_reduced(codes.sum(dim=1, keepdim=True))
+        codes /= codes.sum(dim=0, keepdim=True)
+    return codes.t()
+
+
+class SwAVLoss(nn.Module):
+    """SwAV's swapped prediction (Caron et al., NeurIPS 2020, eq. 1-2) over multi-crop views.
+
+    For every view ``s`` used for assignment (the global views), the codes ``q_s`` of its scores
+    (:func:`sinkhorn_knopp`, no gradient) are predicted from every other view ``t`` by
+    ``p_t = softmax(z_t^T C / tau)``: ``l(z_t, q_s) = -sum_k q_s^(k) log p_t^(k)`` (eq. 2). As in the official code
+    the terms are averaged over the batch, over the ``V - 1`` predicting views of each assigned view, then over the
+    assigned views: ``L = 1/|S| sum_s 1/(V-1) sum_{t != s} mean_b l(z_t, q_s)``.
+
+    Args:
+        temperature: ``tau`` of the predictions (0.1).
+        epsilon: ``epsilon`` of :func:`sinkhorn_knopp` (0.05).
+        sinkhorn_iterations: iterations of :func:`sinkhorn_knopp` (3).
+    """
+
+    def __init__(self, temperature: float = 0.1, epsilon: float = 0.05, sinkhorn_iterations: int = 3) -> None:
+        super().__init__()
+        if temperature <= 0 or epsilon <= 0:
+            raise ValueError(f"temperature and epsilon must be positive, got {temperature}, {epsilon}")
+        if sinkhorn_iterations < 1:
+            raise ValueError(f"sinkhorn_iterations must be a positive integer, got {sinkhorn_iterations!r}")
+        self.temperature = temperature
+        self.epsilon = epsilon
+        self.sinkhorn_iterations = sinkhorn_iterations
+
+    def forward(self, scores: torch.Tensor, assigned_views: int = 2) -> torch.Tensor:
+        """
+        Args:
+            scores: ``(B, V, K)``, prototype scores ``z^T C`` of ``V`` views of each of ``B`` images, the views
+                used for assignment first (SwAV: the 2 global crops, then the local crops).
+            assigned_views: how many leading views get codes (``crops_for_assign``: 2).
+        """
+        num_views = scores.shape[1]
+        if not 1 <= assigned_views <= num_views or num_views < 2:
+            raise ValueError(
+                f"SwAVLoss needs at least 2 views and 1 <= assigned_views <= views; got {num_views} views, "
+                f"assigned_views={assigned_views}"
+            )
+        log_predictions = F.log_softmax(scores.float() / self.temperature, dim=-1)  # (B, V, K)
+        loss = scores.new_zeros((), dtype=torch.float32)
+        for view in range(assigned_views):
+            codes = sinkhorn_knopp(scores[:, view].detach(), self.epsilon, self.sinkhorn_iterations)  # (B, K)
+            others = torch.cat([log_predictions[:, :view], log_predictions[:, view + 1 :]], dim=1)
+            loss = loss - torch.einsum("bk,btk->bt", codes, others).mean()
+        return loss / assigned_views
+
+
+class InfoNCELoss(nn.Module):
+    """MoCo's InfoNCE with a queue of negative keys (He et al., CVPR 2020, Eq. 1; MoCo v2, Chen et al. 2020).
+
+    For each query ``q`` with its positive key ``k+`` (the other view of the same image, from the momentum
+    encoder) and the ``K`` keys ``k_i`` of the queue (earlier batches), all L2-normalised:
+    ``L_q = -log( exp(q.k+ / tau) / (exp(q.k+ / tau) + sum_i exp(q.k_i / tau)) )``, i.e. cross entropy of the
+    logits ``[q.k+, q.k_1, ..., q.k_K] / tau`` to class 0, averaged over the batch. The queries and keys are
+    normalised here (the queue is stored normalised); no gradient flows into the keys or the queue.
+    (MiM's :class:`CrossLevelContrastiveLoss` is the same cross entropy with per-sample negatives, no queue.)
+
+    Args:
+        temperature: ``tau`` (MoCo v2: 0.2).
+    """
+
+    def __init__(self, temperature: float = 0.2) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = temperature
+
+    def logits(self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
+        """``(B, 1 + K)`` logits ``[q.k+, q.queue] / tau``; column 0 is the positive."""
+        query = F.normalize(query.float(), dim=-1)
+        key = F.normalize(key.detach().float(), dim=-1)
+        positive = (query * key).sum(dim=-1, keepdim=True)
+        negatives = query @ queue.detach().float().T
+        return torch.cat([positive, negatives], dim=1) / self.temperature
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            query: ``(B, D)`` query embeddings (with gradient).
+            key: ``(B, D)`` positive keys of the same images from the momentum encoder.
+            queue: ``(K, D)`` L2-normalised negative keys.
+        """
+        logits = self.logits(query, key, queue)
+        return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+
+class BYOLLoss(nn.Module):
+    """BYOL's normalised regression, symmetrised (Grill et al., NeurIPS 2020, Eq. 2 and 4).
+
+    ``L(p, z) = ||p / ||p|| - z / ||z|| ||^2 = 2 - 2 cos(p, z)`` between the online prediction ``p`` of one view
+    and the target projection ``z`` of the other (no gradient into ``z``), summed over both directions:
+    ``L_total = mean_b [L(p1, z2) + L(p2, z1)]``, in [0, 8]. (The study's official code logs
+    ``-2 cos(p1, z2) - 2 cos(p2, z1)``: the same gradient, shifted by 4.)
+    """
+
+    @staticmethod
+    def regression(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``2 - 2 cos(p, z)`` per sample: ``(B, D), (B, D) -> (B,)``."""
+        return 2 - 2 * F.cosine_similarity(prediction.float(), target.detach().float(), dim=-1)
+
+    def forward(
+        self, predictions: tuple[torch.Tensor, torch.Tensor], targets: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """
+        Args:
+            predictions: ``(p1, p2)``, the online predictions of view 1 and view 2, each ``(B, D)``.
+            targets: ``(z1, z2)``, the target projections of view 1 and view 2, each ``(B, D)``.
+        """
+        (p1, p2), (z1, z2) = predictions, targets
+        return (self.regression(p1, z2) + self.regression(p2, z1)).mean()
+
+
+def embedding_std(embeddings: torch.Tensor) -> torch.Tensor:
+    """Collapse check of the contrastive methods: per-dimension standard deviation over the batch of the
+    L2-normalised embeddings, averaged over the dimensions (SimSiam, Chen & He, CVPR 2021, Sec. 4.1).
+
+    ``(B, D)`` -> a scalar: 0 when every sample maps to the same vector (collapse), about ``1 / sqrt(D)`` when the
+    embeddings spread over the unit sphere (e.g. 0.088 for ``D = 128``, 0.0625 for ``D = 256``). No gradient.
+    """
+    with torch.no_grad():
+        return F.normalize(embeddings.detach().float(), dim=-1).std(dim=0).mean()

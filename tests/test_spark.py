@@ -10,7 +10,7 @@ import torch
 from common.losses import MaskedPatchReconstructionLoss, patchify, unpatchify
 from common.masking import random_patch_mask, upsample_mask
 from common.methods import HySparK, SparK2D, SparK3D
-from common.networks import PRETRAINED_ENCODER_RENAME, hybrid_config, resnet, segmentation_network
+from common.networks import PRETRAINED_ENCODER_RENAME, hybrid_config, resnet_classifier, segmentation_network
 from common.transfer import load_pretrained
 
 TINY_HYBRID = {"channels": (4, 8, 8, 12, 12), "depths": (1, 1, 1, 1, 1), "vit_depth": 1, "num_heads": 2}
@@ -152,7 +152,7 @@ def test_spark2d_encoder_transfers_into_monai_resnet(tmp_path):
     torch.manual_seed(0)
     method = SparK2D(decoder_width=32)
     torch.save({"model": method.state_dict()}, tmp_path / "model.pt")
-    network = resnet(50, spatial_dims=2, in_channels=1, num_classes=2)
+    network = resnet_classifier(50, spatial_dims=2, in_channels=1, num_classes=2)
     report = load_pretrained(network, tmp_path / "model.pt", rename={"encoder.": ""})
     assert len(report.matched) == len(method.encoder.state_dict()) and not report.shape_mismatch
 

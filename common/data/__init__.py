@@ -24,6 +24,13 @@ from common.data.demo import BTCV_LABELS, ensure_demo_data, generate_phantom
 from common.data.demo_classification import ensure_classification_demo_data
 from common.data.dicom import DicomSeriesReader
 from common.data.errors import DatalistError
+from common.data.slices import ensure_slice_demo_data, slice_datalist  # last: it imports common.transforms
+from common.data.demo_slices_classification import ensure_slice_classification_demo_data  # imports common.transforms
+from common.data.slice_classification import (  # imports common.transforms
+    intensity_statistics,
+    slice_classification_datalist,
+    stratified_subset,
+)
 
 __all__ = [
     "BTCV_LABELS",
@@ -40,12 +47,18 @@ __all__ = [
     "datalist_from_nifti_folder",
     "ensure_classification_demo_data",
     "ensure_demo_data",
+    "ensure_slice_classification_demo_data",
+    "ensure_slice_demo_data",
     "generate_phantom",
     "image_loader",
     "inference_datalist",
+    "intensity_statistics",
     "pretraining_datalist",
+    "slice_datalist",
     "load_datalist",
+    "slice_classification_datalist",
     "split_datalist",
     "stratified_split",
+    "stratified_subset",
     "training_split",
 ]

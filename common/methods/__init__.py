@@ -11,7 +11,16 @@ from common.methods.swav import SwAV
 
 __all__ = [
     "BYOL",
-    "GLMAE", "MAE3D", "MIM_GEOMETRIES", "HySparK", "MiM", "MiMGeometry",
+    "GLMAE",
+    "MAE3D",
+    "MIM_GEOMETRIES",
+    "HySparK",
+    "MiM",
+    "MiMGeometry",
     "MoCoV2",
-    "SparK", "SparK2D", "SparK3D", "SwAV", "mim_geometry",
+    "SparK",
+    "SparK2D",
+    "SparK3D",
+    "SwAV",
+    "mim_geometry",
 ]

@@ -11,7 +11,26 @@ from common.transforms.pretraining import (
     pretraining_train_transforms,
     reconstruction_postprocessing,
 )
+from common.transforms.slice_pretraining import (
+    SaveReconstructionPngd,
+    slice_inference_transforms,
+    slice_pretraining_transforms,
+)
+from common.transforms.slice_classification import (
+    slice_classification_preprocessing,
+    slice_classification_train_transforms,
+)
+from common.transforms.slices import SLICE_WINDOWS, hu_to_uint8, hu_to_unit, load_slice_transforms
 from common.transforms.views import RandGlobalLocalViewsd, global_local_train_transforms
+from common.transforms.views2d import (
+    MultiViewd,
+    RandResizedCropd,
+    contrastive_augmentations,
+    grey_jitter,
+    multi_crop_train_transforms,
+    swav_augmentations,
+    two_view_train_transforms,
+)
 from common.transforms.segmentation import (
     segmentation_inference_transforms,
     segmentation_postprocessing,
@@ -21,13 +40,23 @@ from common.transforms.segmentation import (
 
 __all__ = [
     "CT_WINDOWS",
+    "MultiViewd",
     "RandGlobalLocalViewsd",
+    "RandResizedCropd",
+    "SLICE_WINDOWS",
+    "SaveReconstructionPngd",
     "classification_postprocessing",
     "classification_preprocessing",
     "classification_train_transforms",
+    "contrastive_augmentations",
     "ct_window",
     "global_local_train_transforms",
+    "grey_jitter",
+    "hu_to_uint8",
+    "hu_to_unit",
     "load_ct",
+    "load_slice_transforms",
+    "multi_crop_train_transforms",
     "pretraining_inference_transforms",
     "pretraining_train_transforms",
     "reconstruction_postprocessing",
@@ -35,4 +64,10 @@ __all__ = [
     "segmentation_postprocessing",
     "segmentation_train_transforms",
     "segmentation_val_transforms",
+    "slice_classification_preprocessing",
+    "slice_classification_train_transforms",
+    "slice_inference_transforms",
+    "slice_pretraining_transforms",
+    "swav_augmentations",
+    "two_view_train_transforms",
 ]
