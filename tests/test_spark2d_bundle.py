@@ -1,0 +1,58 @@
+"""End to end: spark2d_pretrain through ``python -m monai.bundle run`` on the demo slices (``smoke.json``: 64 px
+crops, a narrow decoder, two iterations): checkpoints with LAMB's state, reconstruction snapshots, the MLflow run,
+the PNG export of ``inference.json`` and ``tools.verify``."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_pretrain_bundles import EXPORTS, REPO_ROOT, configs, mlflow_runs, run_bundle
+
+from tools.verify import verify_bundle
+
+BUNDLE = "spark2d_pretrain"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp(BUNDLE)
+    paths = {"models": root / "models", "eval": root / "eval"}
+    run_bundle(configs(BUNDLE, "train.json", "smoke.json"), ckpt_dir=paths["models"], output_dir=paths["eval"])
+    return paths
+
+
+def test_training_writes_checkpoints_snapshots_and_the_mlflow_run(trained):
+    state = torch.load(trained["models"] / "checkpoint_final.pt", weights_only=False)
+    assert state["trainer"]["iteration"] == 2 and state["trainer"]["optimizer_steps"] == 2
+    assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(state["optimizer"]["state"].values())))  # LAMB's moments
+    model = torch.load(trained["models"] / "model.pt", weights_only=True)
+    assert {name.split(".")[0] for name in model} == {"encoder", "mask_tokens", "densify_norms", "densify", "decoder"}
+    assert model["encoder.layer4.2.conv3.weight"].shape == (2048, 512, 1, 1)  # ResNet-50
+
+    png = Image.open(trained["eval"] / "reconstructions" / "iteration_000002.png")
+    assert png.text["columns"] == "input, masked, reconstruction, target" and png.size == (4 * 64 * 2, 64 * 2)
+
+    _, (run,) = mlflow_runs(trained["eval"], BUNDLE)
+    assert run.info.status == "FINISHED"
+    assert {"loss", "loss/recon", "lr_group_0"} <= set(run.data.metrics)
+    assert run.data.params["mask_ratio"] == "0.6" and run.data.params["optimizer"] == "LAMB"
+
+
+def test_inference_exports_one_png_per_slice(trained, tmp_path):
+    out = tmp_path / "reconstructions"
+    run_bundle(configs(BUNDLE, "inference.json"), pretrained=trained["models"] / "model.pt", decoder_width=32,
+               max_slices=2, output_dir=out)
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["case_000_0000.png", "case_000_0001.png"]
+    image = Image.open(pngs[0])
+    assert image.text["columns"] == ", ".join(EXPORTS) and image.size == (3 * 256, 256)  # demo slices: 256 x 256
+    input_tile, masked_tile, _ = np.split(np.asarray(image), 3, axis=1)
+    assert (masked_tile == 0).mean() > (input_tile == 0).mean()  # 60 % of the patches hidden
+
+
+def test_verify_passes():
+    results = verify_bundle(REPO_ROOT / "bundles" / BUNDLE)
+    assert [r.status for r in results if r.status == "FAIL"] == [], [r.line(BUNDLE, 20) for r in results]
