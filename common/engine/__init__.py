@@ -3,7 +3,10 @@ self-supervised trainer with its schedules, momentum teacher, reconstruction sna
 
 from common.engine.checkpoints import latest_checkpoint, prepare_checkpoint_dir
 from common.engine.ema import MomentumTeacher
+from common.engine.embeddings import export_embeddings
 from common.engine.export import MaskedReconstructionInferer
+from common.engine.freezing import HeadFirstFineTuning
+from common.engine.gradcam import GradCamSaver, save_gradcam_overlays
 from common.engine.schedules import (
     CosineSchedule,
     lr_schedule,
@@ -18,18 +21,22 @@ from common.engine.trainer import OptimizerEvents, SelfSupervisedTrainer, logged
 
 __all__ = [
     "CosineSchedule",
+    "GradCamSaver",
+    "HeadFirstFineTuning",
     "MaskedReconstructionInferer",
     "MomentumTeacher",
     "OptimizerEvents",
     "ReconstructionSnapshots",
     "SelfSupervisedTrainer",
     "TrainingProgress",
+    "export_embeddings",
     "latest_checkpoint",
     "logged_scalars",
     "lr_schedule",
     "orthogonal_slices_png",
     "param_groups",
     "prepare_checkpoint_dir",
+    "save_gradcam_overlays",
     "tracking_uri",
     "warmup_cosine",
     "weight_decay_schedule",

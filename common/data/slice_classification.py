@@ -1,0 +1,353 @@
+"""Labelled 2D CT slices: datalists with training / validation / test splits, class-stratified training subsets
+(the dataset reduction of Wolf et al. 2023) and the intensity statistics of the normalisation.
+
+A slice classification datalist is a dict::
+
+    {"training": [{"image": "/abs/a.png", "label": 0}, ...], "validation": [...], "test": [...],
+     "labels": {"0": "CT_COVID", "1": "CT_NonCOVID"}}
+
+with absolute paths of PNG / JPG / NPY slices (loaded by :func:`common.transforms.slices.load_slice_transforms`)
+and class indices; ``labels`` names class ``i`` under key ``str(i)``. :func:`slice_classification_datalist`
+detects the layout of a dataset folder, trying in turn:
+
+1. a **datalist json** (``dataset.json`` in the folder, or the ``.json`` file itself): ``"labels"`` and
+   ``"training"`` / ``"validation"`` / ``"test"`` lists of ``{"image", "label"}``, paths relative to the json;
+   the demo slices (:mod:`common.data.demo_slices_classification`) come with one;
+2. a **MedMNIST** ``.npz`` (the file, or the only ``.npz`` in the folder), e.g. OrganSMNIST:
+   ``{train,val,test}_images (N, 28, 28) uint8`` and ``{train,val,test}_labels (N, 1)``; converted once to PNGs
+   with a datalist json in ``<repository>/.cache/medmnist/`` (:data:`MEDMNIST_CACHE`), then read as in 1.;
+3. the **COVID-CT** layout (Zhao et al. 2020) with its official split: ``Data-split/<class>/{train,val,test}CT_<class>.txt``
+   naming the images of ``CT_<class>/`` (in the folder or in ``Images-processed/``); classes ``CT_COVID``,
+   ``CT_NonCOVID``, numbered in this (sorted) order as the official downstream code does;
+4. **class folders per split**: ``train/<class>/*``, ``test/<class>/*`` and optionally ``val/<class>/*``;
+5. **class folders**: ``<class>/*`` (images searched recursively in each), dealt into 60 / 20 / 20 %
+   training / validation / test, stratified, with a fixed seed.
+
+Where a layout has no validation list (json or split folders without ``val``), a stratified 20 % of the
+training list is held out for validation (:func:`common.data.stratified_split`, fold 0 of 5, seed 0). Every
+layout needs a test list. Class folders are numbered in the order of their names (``sorted``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from monai.transforms import Compose
+from PIL import Image
+
+from common.data.classification import stratified_split
+from common.data.datalist import absolute_path
+from common.data.errors import DatalistError
+from common.data.generated import ensure_generated
+from common.transforms.slices import load_slice_transforms
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("training", "validation", "test")
+# Split folder names of layout 4, per split.
+SPLIT_FOLDERS = {"training": ("train", "training"), "validation": ("val", "valid", "validation"), "test": ("test",)}
+SLICE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
+# MedMNIST keeps its class names in its Python package (INFO[flag]["label"]), not in the .npz; those of the
+# study's OrganSMNIST task, by the .npz's file name.
+MEDMNIST_CLASS_NAMES = {
+    "organsmnist": ("bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
+                    "lung-left", "lung-right", "pancreas", "spleen"),
+}
+# File name prefixes of the splits in MedMNIST (train_images) and COVID-CT (trainCT_COVID.txt).
+SPLIT_PREFIXES = {"training": "train", "validation": "val", "test": "test"}
+MEDMNIST_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "medmnist"
+LAYOUTS_TRIED = ("a datalist json (dataset.json), the COVID-CT layout (Data-split/), a MedMNIST .npz, "
+                 "train/ + test/ (+ val/) folders of class folders, or one folder per class")
+
+
+# ------------------------------------------------------------------------------------------- datalists
+
+
+def slice_classification_datalist(dataset_dir: str | os.PathLike) -> dict:
+    """The training / validation / test datalist and class names of a slice dataset; layout detected as the
+    module docstring lists.
+
+    Args:
+        dataset_dir: a dataset folder, a datalist ``.json`` or a MedMNIST ``.npz``.
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...], "labels": {"0": name, ...}}``, entries
+        ``{"image": absolute path, "label": class index}``.
+
+    Raises:
+        DatalistError: ``dataset_dir`` does not exist or matches no layout; a listed image is missing; a split
+            is empty; a label names no class (each message names the file at fault).
+    """
+    root = absolute_path(dataset_dir)
+    if root.suffix == ".json" or (root / "dataset.json").is_file():
+        datalist = _from_json(root if root.suffix == ".json" else root / "dataset.json")
+    elif root.suffix == ".npz" or (root.is_dir() and _single_npz(root)):
+        datalist = _from_json(medmnist_png_cache(root if root.suffix == ".npz" else _single_npz(root)))
+    elif not root.is_dir():
+        raise DatalistError(f"{root} does not exist; expected {LAYOUTS_TRIED}")
+    elif (root / "Data-split").is_dir():
+        datalist = _from_covid_ct(root)
+    elif _split_folder(root, "training"):
+        datalist = _from_split_folders(root)
+    else:
+        datalist = _from_class_folders(root)
+    logger.info("%s: %s; classes %s", root, ", ".join(f"{len(datalist[s])} {s}" for s in SPLITS),
+                ", ".join(f"{i} {name!r}" for i, name in datalist["labels"].items()))
+    return datalist
+
+
+def _from_json(path: Path) -> dict:
+    """Layout 1: ``"labels"`` and the three lists of a datalist json."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DatalistError(f"cannot read datalist json {path}: {error}") from error
+    labels = content.get("labels") if isinstance(content, dict) else None
+    if not isinstance(labels, dict) or len(labels) < 2 or set(labels) != {str(i) for i in range(len(labels))}:
+        raise DatalistError(f'{path} needs "labels" naming at least two classes 0..K-1, e.g. '
+                            f'{{"0": "normal", "1": "covid"}}; got {labels!r}')
+    splits = {}
+    for split in SPLITS:
+        if split == "validation" and split not in content:
+            continue
+        entries = content.get(split)
+        if not isinstance(entries, list) or not entries:
+            raise DatalistError(f'{path}: list "{split}" is missing or empty; expected [{{"image": ..., "label": ...}}]')
+        splits[split] = [_json_entry(entry, i, split, path, len(labels)) for i, entry in enumerate(entries)]
+    return _with_validation(splits, {str(i): str(labels[str(i)]) for i in range(len(labels))}, path)
+
+
+def _json_entry(entry: object, index: int, split: str, path: Path, num_classes: int) -> dict:
+    where = f"entry {index} of {split!r} in {path}"
+    if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+        raise DatalistError(f'{where} must be {{"image": path, "label": class index}}, got {entry!r}')
+    label = entry.get("label")
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < num_classes:
+        raise DatalistError(f"{where} has label {label!r}; expected a class index 0..{num_classes - 1}")
+    image = _existing(path.parent / entry["image"], where)
+    return {**entry, "image": str(image), "label": label}
+
+
+def _from_covid_ct(root: Path) -> dict:
+    """Layout 2: ``Data-split/<class>/<split>CT_<class>.txt`` naming images in ``CT_<class>/``."""
+    classes = sorted(p.name for p in (root / "Data-split").iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise DatalistError(f"{root / 'Data-split'} needs one folder per class (COVID, NonCOVID), found {classes}")
+    splits: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    for label, name in enumerate(classes):
+        image_dir = next((d for d in (root / f"CT_{name}", root / "Images-processed" / f"CT_{name}") if d.is_dir()), None)
+        if image_dir is None:
+            raise DatalistError(f"{root}: no image folder CT_{name}/ (nor Images-processed/CT_{name}/) for the "
+                                f"class of Data-split/{name}/")
+        for split, prefix in SPLIT_PREFIXES.items():
+            listing = root / "Data-split" / name / f"{prefix}CT_{name}.txt"
+            if not listing.is_file():
+                raise DatalistError(f"{listing} does not exist; the COVID-CT split lists are "
+                                    f"Data-split/<class>/{{train,val,test}}CT_<class>.txt")
+            for line, file in enumerate(listing.read_text().splitlines(), start=1):
+                if file.strip():
+                    image = _existing(image_dir / file.strip(), f"line {line} of {listing}")
+                    splits[split].append({"image": str(image), "label": label})
+    return _checked(splits, {str(i): f"CT_{name}" for i, name in enumerate(classes)}, root)
+
+
+def _from_split_folders(root: Path) -> dict:
+    """Layout 4: ``train/<class>/``, ``test/<class>/`` and optionally ``val/<class>/``."""
+    training = _split_folder(root, "training")
+    names = [folder.name for folder in _class_folders(training)]
+    splits = {}
+    for split in SPLITS:
+        folder = _split_folder(root, split)
+        if folder is None and split == "validation":
+            continue
+        if folder is None:
+            raise DatalistError(f"{root} has {training.name}/ but no test/ folder; expected {LAYOUTS_TRIED}")
+        splits[split] = []
+        for class_folder in _class_folders(folder, minimum=1):
+            if class_folder.name not in names:
+                raise DatalistError(f"{class_folder}: class {class_folder.name!r} is not one of the training "
+                                    f"classes {names} of {training}")
+            label = names.index(class_folder.name)
+            splits[split] += [{"image": str(image), "label": label} for image in _slice_files(class_folder)]
+    return _with_validation(splits, {str(i): name for i, name in enumerate(names)}, root)
+
+
+def _from_class_folders(root: Path) -> dict:
+    """Layout 5: ``<class>/`` folders, dealt 60 / 20 / 20 % into training / validation / test."""
+    folders = _class_folders(root)
+    entries = [{"image": str(image), "label": label}
+               for label, folder in enumerate(folders) for image in _slice_files(folder)]
+    rest, test = stratified_split(entries, fold=0, num_folds=5, seed=0)
+    training, validation = stratified_split(rest, fold=0, num_folds=4, seed=0)
+    splits = {"training": training, "validation": validation, "test": test}
+    return _checked(splits, {str(i): folder.name for i, folder in enumerate(folders)}, root)
+
+
+def _with_validation(splits: dict[str, list[dict]], labels: dict[str, str], root: Path | None = None) -> dict:
+    """``splits`` with a validation list: a stratified 20 % of training where there is none."""
+    if "validation" not in splits:
+        splits["training"], splits["validation"] = stratified_split(splits["training"], fold=0, num_folds=5, seed=0)
+    return _checked(splits, labels, root)
+
+
+def _checked(splits: dict[str, list[dict]], labels: dict[str, str], root: Path | None) -> dict:
+    for split in SPLITS:
+        if not splits[split]:
+            raise DatalistError(f"{root}: the {split} split is empty")
+    return {**{split: splits[split] for split in SPLITS}, "labels": labels}
+
+
+def _split_folder(root: Path, split: str) -> Path | None:
+    return next((root / name for name in SPLIT_FOLDERS[split] if (root / name).is_dir()), None)
+
+
+def _class_folders(root: Path, minimum: int = 2) -> list[Path]:
+    """The visible sub-folders of ``root``, sorted by name; at least ``minimum``."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(folders) < minimum:
+        raise DatalistError(f"{root} needs one sub-folder per class (at least {minimum}), found "
+                            f"{[f.name for f in folders]}; expected {LAYOUTS_TRIED}")
+    return folders
+
+
+def _slice_files(folder: Path) -> list[Path]:
+    """The slice files under ``folder`` (recursive, hidden ones skipped), sorted; at least one."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in SLICE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not files:
+        raise DatalistError(f"class folder {folder} holds no slice ({', '.join(SLICE_SUFFIXES)})")
+    return files
+
+
+def _existing(path: Path, where: str) -> Path:
+    if not path.is_file():
+        raise DatalistError(f"image {path} of {where} does not exist")
+    return path
+
+
+def _single_npz(folder: Path) -> Path | None:
+    """The only ``.npz`` file in ``folder``, if it holds exactly one."""
+    found = list(folder.glob("*.npz"))
+    return found[0] if len(found) == 1 else None
+
+
+# --------------------------------------------------------------------------------------------- MedMNIST
+
+
+def medmnist_png_cache(npz_path: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> Path:
+    """The datalist json of a MedMNIST ``.npz`` converted to PNGs, converting it on first use.
+
+    The PNGs (``<split>/<index>_<label>.png``, grey or RGB as stored) and a ``dataset.json`` (layout 1) go to
+    ``<cache_root>/<npz stem>-<hash of path, size, mtime>/``, written atomically and reused while the ``.npz`` is
+    unchanged (:func:`common.data.generated.ensure_generated`). Class names: :data:`MEDMNIST_CLASS_NAMES` for a
+    known file name, else ``"0" .. "K-1"``.
+
+    Args:
+        npz_path: e.g. ``organsmnist.npz`` (or ``organsmnist_224.npz``; the name before ``_`` picks the names).
+        cache_root: default :data:`MEDMNIST_CACHE`.
+
+    Raises:
+        DatalistError: the file is missing, not a ``.npz``, or lacks ``{train,val,test}_{images,labels}``.
+    """
+    path = absolute_path(npz_path)
+    if not path.is_file():
+        raise DatalistError(f"MedMNIST file {path} does not exist")
+    status = path.stat()
+    key = hashlib.sha1(f"{path}|{status.st_size}|{status.st_mtime_ns}".encode()).hexdigest()[:12]
+    stamp = {"module": f"{__name__}.medmnist", "source": str(path), "size": status.st_size,
+             "mtime_ns": status.st_mtime_ns}
+    root = Path(cache_root or MEDMNIST_CACHE) / f"{path.stem}-{key}"
+    return ensure_generated(root, stamp, lambda folder: _write_medmnist_pngs(path, folder, stamp))
+
+
+def _write_medmnist_pngs(path: Path, folder: Path, stamp: dict) -> None:
+    try:
+        arrays = np.load(path)
+        data = {split: (arrays[f"{prefix}_images"], np.asarray(arrays[f"{prefix}_labels"]).reshape(-1))
+                for split, prefix in SPLIT_PREFIXES.items()}
+    except (OSError, ValueError, KeyError) as error:
+        raise DatalistError(f"{path} is not a MedMNIST .npz with {{train,val,test}}_images and "
+                            f"{{train,val,test}}_labels: {error}") from error
+    num_classes = int(max(labels.max() for _, labels in data.values())) + 1
+    names = MEDMNIST_CLASS_NAMES.get(path.stem.split("_")[0].lower(), tuple(str(i) for i in range(num_classes)))
+    dataset = {"name": path.stem, "description": f"PNG copy of {path} (common.data.slice_classification)",
+               "labels": {str(i): name for i, name in enumerate(names)}, "generator": stamp}
+    for split, (images, labels) in data.items():
+        (folder / SPLIT_PREFIXES[split]).mkdir(parents=True)
+        dataset[split] = []
+        for index, (image, label) in enumerate(zip(images, labels)):
+            name = f"{SPLIT_PREFIXES[split]}/{index:06d}_{int(label)}.png"
+            Image.fromarray(np.asarray(image, dtype=np.uint8)).save(folder / name)
+            dataset[split].append({"image": f"./{name}", "label": int(label)})
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=1) + "\n")
+
+
+# ------------------------------------------------------------------------------------ subsets, statistics
+
+
+def stratified_subset(items: Sequence[dict], fraction: float, seed: int = 0) -> list[dict]:
+    """A random, class-stratified ``fraction`` of ``items``: the training-set reduction of the study.
+
+    Each class ``c`` keeps ``max(1, round(fraction * n_c))`` of its ``n_c`` entries (Python's ``round``: halves to
+    even), the first of a permutation of the class seeded by ``seed`` (``numpy.random.default_rng``). For one seed
+    the permutation does not depend on ``fraction``, so the subsets are **nested**: a smaller fraction keeps a
+    part of what a larger one keeps (the reduction removes cases, it never swaps them); another seed draws
+    another subset.
+
+    Args:
+        items: entries with an integer ``"label"``.
+        fraction: in ``(0, 1]``; 1 keeps everything.
+        seed: seed of the draw.
+
+    Returns:
+        the kept entries, in the order of ``items``.
+
+    Raises:
+        DatalistError: ``fraction`` is outside ``(0, 1]`` or an entry has no label.
+    """
+    if not 0 < fraction <= 1:
+        raise DatalistError(f"train_fraction must be in (0, 1], got {fraction}")
+    if any("label" not in entry for entry in items):
+        raise DatalistError("stratified_subset needs a 'label' in every entry")
+    labels = np.array([entry["label"] for entry in items])
+    rng = np.random.default_rng(seed)
+    kept = set()
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        kept.update(members[: max(1, round(fraction * len(members)))].tolist())
+    return [entry for index, entry in enumerate(items) if index in kept]
+
+
+def intensity_statistics(items: Sequence[dict], key: str = "image") -> tuple[float, float]:
+    """Mean and standard deviation of every pixel of the images of ``items``, as loaded for training (``[0, 1]``).
+
+    The values of the dataset normalisation (``NormalizeIntensityd(subtrahend=mean, divisor=std)``). Each pixel
+    counts once, at the image's own size. The result is cached in memory per list of files (path, size and
+    modification time), so the many runs of a dataset-reduction study in one process read the images once;
+    pass the whole training split (the statistics need no labels), not a reduced subset, to share it.
+
+    Raises:
+        DatalistError: ``items`` is empty.
+    """
+    if not items:
+        raise DatalistError("intensity_statistics needs at least one image")
+    files = tuple((str(entry[key]), os.path.getsize(entry[key]), os.path.getmtime(entry[key])) for entry in items)
+    return _cached_statistics(files)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_statistics(files: tuple[tuple[str, int, float], ...]) -> tuple[float, float]:
+    load = Compose(load_slice_transforms(["image"]))
+    count, total, squares = 0, 0.0, 0.0
+    for path, _, _ in files:
+        pixels = load({"image": path})["image"].double()
+        count, total, squares = count + pixels.numel(), total + float(pixels.sum()), squares + float((pixels**2).sum())
+    mean = total / count
+    return mean, max(squares / count - mean**2, 0.0) ** 0.5
