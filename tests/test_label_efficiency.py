@@ -13,17 +13,8 @@ from PIL import Image
 
 from common.methods import MiM
 from common.networks import PRETRAINING_ARCHS, convvit_config
-from tools.label_efficiency import (
-    aggregate,
-    bundle_parser,
-    checked_fractions,
-    checked_seeds,
-    config_files,
-    label_efficiency,
-    markdown_report,
-    plot,
-    study_methods,
-)
+from tools.label_efficiency import BUNDLE, bundle_parser, label_efficiency, markdown_report, plot, study_methods
+from tools.study import aggregate, checked_fractions, checked_seeds
 
 FRACTIONS = (0.5, 1.0)
 METHODS = ("scratch (mim)", "mim_pretrain")
@@ -118,15 +109,15 @@ def test_bad_inputs_fail_before_anything_is_written(tmp_path):
 
 
 def test_overrides_are_checked_against_the_bundle_configuration():
-    files = config_files(["smoke.json"])
+    files = BUNDLE.config_files(["smoke.json"])
     parser = bundle_parser(files, {"max_epochs": 2, "train#trainer#epoch_length": 1})  # a new key in a section
     assert parser.get_parsed_content("max_epochs") == 2 and parser["train"]["trainer"]["epoch_length"] == 1
     with pytest.raises(ValueError, match="--max_epoch is no key"):
         bundle_parser(files, {"max_epoch": 2})
     with pytest.raises(ValueError, match="never validate"):
-        bundle_parser(config_files(()), {"max_epochs": 2})  # train.json validates every 14 epochs
+        bundle_parser(BUNDLE.config_files(()), {"max_epochs": 2})  # train.json validates every 14 epochs
     with pytest.raises(FileNotFoundError, match="nowhere.json"):
-        config_files(["nowhere.json"])
+        BUNDLE.config_files(["nowhere.json"])
 
 
 # ------------------------------------------------------------------------------------------ end to end

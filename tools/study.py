@@ -1,0 +1,440 @@
+"""Fine-tuning studies: a downstream bundle trained in this process once per method, training fraction and
+seed, every run logged to one MLflow store, read back and summarised as CSV, Markdown tables and plots.
+
+The machinery shared by ``tools.label_efficiency`` (GL-MAE, Table 1 / Fig. 4) and ``tools.reduction``
+(Wolf et al. 2023, Table 3 / Fig. 5). A study is identified in its store by the MLflow params ``study``
+(its output folder) and ``method``, which every run carries besides the bundle's own ``hyper_parameters``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import re
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from mlflow import MlflowClient
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back-end)
+from matplotlib.transforms import ScaledTranslation  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+
+RunKey = tuple[str, float, int]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of a study: a network initialised from ``pretrained`` or (``None``) at random.
+
+    Args:
+        label: the method's name in tables, plots and the MLflow param ``method``.
+        pretrained: the checkpoint to fine-tune from, ``None`` to train from scratch.
+        arch: the bundle's ``arch`` override; ``None`` for a bundle with a single network.
+    """
+
+    label: str
+    pretrained: str | None = None
+    arch: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One fine-tuning of a study."""
+
+    method: Method
+    fraction: float
+    seed: int
+
+    @property
+    def key(self) -> RunKey:
+        return self.method.label, self.fraction, self.seed
+
+    @property
+    def name(self) -> str:
+        """The MLflow run name."""
+        return f"{self.method.label} | {100 * self.fraction:g} % | seed {self.seed}"
+
+    @property
+    def folder(self) -> str:
+        """The run's sub-folder of ``<output_dir>/runs``."""
+        return re.sub(r"[^A-Za-z0-9.]+", "_", f"{self.method.label} {self.fraction:g} seed{self.seed}").strip("_")
+
+
+def plan_runs(methods: Sequence[Method], fractions: Sequence[float], seeds: Sequence[int]) -> list[PlannedRun]:
+    """Every method at every fraction with every seed, method by method, fractions and seeds in the order given."""
+    return [PlannedRun(method, fraction, seed) for method in methods for fraction in fractions for seed in seeds]
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def as_tuple(value) -> tuple:
+    """A command-line value as a tuple: fire gives a scalar, a tuple or a list; a string may hold commas."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if isinstance(value, Iterable):
+        return tuple(value)
+    return (value,)
+
+
+def checkpoint_paths(checkpoints, known: Collection[str]) -> dict[str, str]:
+    """``name=path`` entries as ``{name: absolute path}``, in the order given, ``name`` one of ``known``.
+
+    Raises:
+        ValueError: an entry without ``=``, an unknown name, or a name given twice.
+        FileNotFoundError: a checkpoint file does not exist.
+    """
+    paths: dict[str, str] = {}
+    for entry in as_tuple(checkpoints):
+        name, separator, path = str(entry).partition("=")
+        if not separator or not path:
+            raise ValueError(f"checkpoint {entry!r} is not name=path, e.g. {min(known)}=path/to/model.pt")
+        if name not in known:
+            raise ValueError(f"unknown pre-training method {name!r} in {entry!r}; known: {', '.join(sorted(known))}")
+        if name in paths:
+            raise ValueError(f"checkpoint {name!r} is given twice")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"checkpoint {path} of {name!r} does not exist")
+        paths[name] = str(Path(path).resolve())
+    return paths
+
+
+def checked_fractions(fractions) -> tuple[float, ...]:
+    """The training fractions, sorted (smallest first) and deduplicated.
+
+    Raises:
+        ValueError: none given, or one outside ``(0, 1]``.
+    """
+    values = sorted({float(fraction) for fraction in as_tuple(fractions)})
+    if not values:
+        raise ValueError("give at least one training fraction")
+    outside = [value for value in values if not 0.0 < value <= 1.0]
+    if outside:
+        raise ValueError(f"training fractions must be in (0, 1], got {outside[0]}")
+    return tuple(values)
+
+
+def checked_seeds(seeds) -> tuple[int, ...]:
+    """The seeds, deduplicated in the order given.
+
+    Raises:
+        ValueError: none given, or one that is not a whole number.
+    """
+    values = as_tuple(seeds)
+    if not values or any(float(seed) != int(float(seed)) for seed in values):
+        raise ValueError(f"seeds must be one or more whole numbers, got {seeds!r}")
+    return tuple(dict.fromkeys(int(float(seed)) for seed in values))
+
+
+def prepared_output_dir(output_dir: str | Path, resume: bool) -> Path:
+    """The study's output folder, absolute and created.
+
+    Raises:
+        FileExistsError: it exists and is not empty, and ``resume`` is not set.
+    """
+    path = Path(output_dir).resolve()
+    if path.is_dir() and any(path.iterdir()) and not resume:
+        raise FileExistsError(f"{path} is not empty: pass --resume to continue its study, or another --output_dir")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ the bundle
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A downstream bundle of ``bundles/`` that a study fine-tunes; ``name`` is also its MLflow experiment."""
+
+    name: str
+
+    @property
+    def root(self) -> Path:
+        return BUNDLES / self.name
+
+    @property
+    def configs(self) -> Path:
+        return self.root / "configs"
+
+    def config_files(self, extra=()) -> list[str]:
+        """``train.json`` then the ``extra`` config files, each a path or a file of the bundle's ``configs/``.
+
+        Raises:
+            FileNotFoundError: a config file is neither.
+        """
+        files = [self.configs / "train.json"]
+        for config in as_tuple(extra):
+            found = next((path for path in (Path(config), self.configs / str(config)) if path.is_file()), None)
+            if found is None:
+                raise FileNotFoundError(f"config file {config} does not exist (nor in {self.configs})")
+            files.append(found)
+        return [str(path.resolve()) for path in files]
+
+    def parser(self, files: Sequence[str], overrides: Mapping, managed: Sequence[str]) -> ConfigParser:
+        """The configuration one run will see, checked before any training.
+
+        Args:
+            files: the config files, as :meth:`config_files` gives them.
+            overrides: the user's ``--key value`` overrides for every run.
+            managed: the keys the study sets for every run; they must be keys of the configuration.
+
+        Raises:
+            ValueError: an override the study sets itself, a managed key the configuration lacks, or an
+                override naming no key of the configuration (a ``#`` id may add a key to an existing section).
+        """
+        taken = sorted(set(overrides) & set(managed))
+        if taken:
+            raise ValueError(f"--{taken[0]} is set by the study for every run (as are {', '.join(managed)})")
+        parser = ConfigParser()
+        parser.read_config(list(files))
+        parser.read_meta(str(self.configs / "metadata.json"))
+        lacking = [key for key in managed if key not in parser]
+        if lacking:
+            raise ValueError(f"the {self.name} configuration {list(files)} has no {lacking[0]!r}, which a study sets")
+        for key in overrides:
+            parent, _, _ = key.rpartition("#")
+            if key not in parser and not (parent and parent in parser):
+                raise ValueError(f"--{key} is no key of the {self.name} configuration {list(files)}")
+        parser.update(dict(overrides))
+        return parser
+
+    def fine_tune(self, files: Sequence[str], overrides: Mapping) -> None:
+        """Train the bundle once in this process (``initialize``, ``run``, ``finalize``) with ``overrides``."""
+        workflow = ConfigWorkflow(
+            config_file=list(files),
+            meta_file=str(self.configs / "metadata.json"),
+            logging_file=False,  # the command line configures logging once, not once per run
+            workflow_type="train",
+            **overrides,
+        )
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+
+
+def run_params(run: PlannedRun, output_dir: Path) -> dict[str, object]:
+    """The overrides that make one planned run of the study in ``output_dir``: initialisation, subset,
+    seed, run name, and the ``method`` and ``study`` params that find it again in MLflow."""
+    params = {
+        "pretrained": run.method.pretrained,
+        "train_fraction": run.fraction,
+        "seed": run.seed,
+        "run_name": run.name,
+        "hyper_parameters#method": run.method.label,
+        "hyper_parameters#study": str(output_dir),
+    }
+    return params | ({"arch": run.method.arch} if run.method.arch is not None else {})
+
+
+def train_runs(runs: Sequence[PlannedRun], fine_tune: Callable[[PlannedRun], None], done: Container[RunKey]) -> None:
+    """``fine_tune`` every run in turn, skipping those whose key is ``done``."""
+    for index, run in enumerate(runs, 1):
+        if run.key in done:
+            logger.info("[%d/%d] %s: finished earlier, skipped", index, len(runs), run.name)
+            continue
+        logger.info("[%d/%d] %s: fine-tuning", index, len(runs), run.name)
+        fine_tune(run)
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class Store:
+    """The MLflow runs of one study: the runs of ``experiment`` in the store at ``uri`` whose param ``study``
+    is ``study``."""
+
+    uri: str
+    experiment: str
+    study: str
+
+    def completed(self, metrics: Sequence[str] = ()) -> dict[RunKey, object]:
+        """The study's FINISHED runs that logged every one of ``metrics``, by ``(method, fraction, seed)``;
+        the newest where there are several."""
+        client = MlflowClient(tracking_uri=self.uri)
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            return {}
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time ASC"],
+            max_results=50_000,
+        )
+        return {
+            (run.data.params["method"], float(run.data.params["train_fraction"]), int(run.data.params["seed"])): run
+            for run in runs
+            if run.data.params.get("study") == self.study and all(metric in run.data.metrics for metric in metrics)
+        }
+
+    def records(self, runs: Sequence[PlannedRun], metrics: Sequence[str], count: str) -> list[dict]:
+        """One record per planned run from its FINISHED MLflow run: ``method``, ``arch`` (where the method
+        has one), ``fraction``, ``seed``, the integer param ``count`` and the last logged value of each metric.
+
+        Raises:
+            LookupError: a planned run has no FINISHED MLflow run, or it logged no value of a metric.
+        """
+        found = self.completed()
+        records = []
+        for run in runs:
+            if run.key not in found:
+                raise LookupError(f"{run.name}: no FINISHED run of study {self.study} in the MLflow store {self.uri}")
+            logged = found[run.key].data
+            missing = [metric for metric in metrics if metric not in logged.metrics]
+            if missing:
+                raise LookupError(f"{run.name}: its MLflow run logged no {missing[0]}")
+            record = {"method": run.method.label}
+            record |= {"arch": run.method.arch} if run.method.arch is not None else {}
+            record |= {"fraction": run.fraction, "seed": run.seed, count: int(logged.params[count])}
+            records.append(record | {metric: logged.metrics[metric] for metric in metrics})
+        return records
+
+
+def aggregate(records: Sequence[Mapping], metrics: Sequence[str]) -> list[dict]:
+    """Mean and std (``ddof=1``; NaN for one seed) over seeds of each metric, per method and fraction.
+
+    Args:
+        records: ``{"method", "fraction", "seed", <metric>: value ...}`` per run, with any further keys
+            that depend on the method and fraction only (``arch``, the training-set size); the rows keep
+            the order in which their method and fraction first appear.
+        metrics: the metric keys to average.
+
+    Returns:
+        Per method and fraction: the further keys of its first record, ``seeds`` (how many), then
+        ``<metric>`` and ``<metric>_std`` of each metric.
+    """
+    groups: dict[tuple[str, float], list[Mapping]] = {}
+    for record in records:
+        groups.setdefault((record["method"], record["fraction"]), []).append(record)
+    rows = []
+    for group in groups.values():
+        row = {key: value for key, value in group[0].items() if key != "seed" and key not in metrics}
+        row["seeds"] = len(group)
+        for metric in metrics:
+            values = np.array([record[metric] for record in group], dtype=float)
+            row[metric] = float(values.mean())
+            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: Sequence[Mapping], path: Path) -> None:
+    """One line per row, the columns of the first row."""
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def metric_cell(row: Mapping, metric: str, scale: float = 1.0, digits: int = 3, bold: bool = False) -> str:
+    """``mean ± std`` of ``metric`` times ``scale``, the mean only for one seed."""
+    text = f"{scale * row[metric]:.{digits}f}"
+    if row["seeds"] > 1:
+        text += f" ± {scale * row[f'{metric}_std']:.{digits}f}"
+    return f"**{text}**" if bold else text
+
+
+def markdown_table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    """A Markdown table, the first column left-aligned and the others right-aligned."""
+    rule = [":---"] + ["---:"] * (len(header) - 1)
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, rule, *lines])
+
+
+def fraction_table(
+    rows: Sequence[Mapping],
+    metric: str,
+    count: str,
+    unit: str,
+    scale: float = 1.0,
+    digits: int = 3,
+    largest_first: bool = False,
+) -> str:
+    """A Markdown table of ``metric`` per method (rows) and training fraction (columns), best of each
+    column in bold; every method has a row at every fraction.
+
+    Args:
+        rows: :func:`aggregate` rows.
+        metric: the metric to show (higher is better).
+        count: the row key of the training-set size, shown in the header as ``<count> <unit>``.
+        unit: what ``count`` counts (``"cases"``, ``"images"``).
+        scale, digits: each cell is ``scale * value`` with ``digits`` decimals (``100, 2`` for a Dice in %).
+        largest_first: columns from the largest fraction down, as a reduction study reads.
+    """
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    fractions = sorted({row["fraction"] for row in rows}, reverse=largest_first)
+    cell = {(row["method"], row["fraction"]): row for row in rows}
+    sizes = {row["fraction"]: row[count] for row in rows}
+    best = {f: max(cell[method, f][metric] for method in methods) for f in fractions}
+    header = ["method"] + [f"{100 * f:g} % ({sizes[f]} {unit})" for f in fractions]
+    lines = [
+        [method]
+        + [metric_cell(cell[method, f], metric, scale, digits, cell[method, f][metric] == best[f]) for f in fractions]
+        for method in methods
+    ]
+    return markdown_table(header, lines)
+
+
+def plot_against_fraction(
+    rows: Sequence[Mapping],
+    panels: Mapping[str, str],
+    path: Path,
+    title: str,
+    xlabel: str,
+    scale: float = 1.0,
+    band: bool = False,
+) -> None:
+    """Each metric against the training fraction (%), one panel per metric and one line per method, with
+    the std over seeds (where every point has several seeds) as error bars or, with ``band``, a shaded band.
+
+    Error bars of different methods are drawn a few points apart horizontally (the data stay where they
+    are) so that they do not hide each other.
+
+    Args:
+        rows: :func:`aggregate` rows.
+        panels: ``{metric: y-axis label}``, one panel each, side by side.
+        path: the PNG to write.
+        title: the figure's title.
+        xlabel: the x-axis label.
+        scale: the factor of every value (100 for a Dice in %).
+        band: a shaded ± std band instead of error bars.
+    """
+    figure, axes_row = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4), squeeze=False)
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    for axes, (metric, ylabel) in zip(axes_row[0], panels.items()):
+        for index, method in enumerate(methods):
+            points = sorted((row for row in rows if row["method"] == method), key=lambda row: row["fraction"])
+            x = np.array([100 * row["fraction"] for row in points])
+            y = np.array([scale * row[metric] for row in points])
+            std = np.array([scale * row[f"{metric}_std"] for row in points])
+            several = all(row["seeds"] > 1 for row in points)
+            if band:
+                (line,) = axes.plot(x, y, marker="o", label=method)
+                if several:
+                    axes.fill_between(x, y - std, y + std, color=line.get_color(), alpha=0.2, linewidth=0)
+                continue
+            bars = axes.errorbar(x, y, yerr=std if several else None, marker="o", capsize=3, label=method)
+            dodge = ScaledTranslation((index - (len(methods) - 1) / 2) * 4 / 72, 0, figure.dpi_scale_trans)
+            for artist in bars.get_children():  # after autoscaling, which an offset transform would defeat
+                artist.set_transform(artist.get_transform() + dodge)
+        axes.set_xticks(sorted({100 * row["fraction"] for row in rows}))
+        axes.set_xlim(0, 105)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=150)
+    plt.close(figure)
