@@ -13,6 +13,8 @@
 ``python -m tools.bench glmae``  one GL-MAE step (paper sizes) split into teacher, student global / local,
                                  decoder, against the views' data pipeline in views/s (:mod:`tools.bench_glmae`).
 ``python -m tools.bench mae3d``  one MAE3D step encoding visible tokens only against all tokens.
+``python -m tools.bench slices2d`` pre-training images/s of SparK 2D, MoCo v2, BYOL and SwAV (ResNet-50, 224),
+                                 and SparK's ``masked`` against ``spconv`` back-end in 2D (:mod:`tools.bench_slices2d`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from monai.inferers import sliding_window_inference
 
 from tools.bench_glmae import glmae_costs, mae3d_costs
 from tools.bench_mim import mim_costs
+from tools.bench_slices2d import slices2d_costs
 from tools.bench_sparse import sparse_step
 from tools.measure import batches_per_second
 
@@ -142,5 +145,13 @@ def mae3d(batch: int = 2, steps: int = 1, warmup: int = 1, device: str | None = 
     return {"device": _device_name(torch.device(device)), **mae3d_costs(batch, steps, warmup, device)}
 
 
+def slices2d(size: int = 224, batch: int = 8, steps: int = 2, warmup: int = 1, device: str | None = None) -> dict:
+    """Pre-training images/s of the four 2D methods, and SparK 2D ``masked`` vs ``spconv``."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return {"device": _device_name(torch.device(device)), **slices2d_costs(size, batch, steps, warmup, device)}
+
+
 if __name__ == "__main__":
-    fire.Fire({"infer": infer, "data": data, "sparse": sparse, "mim": mim, "glmae": glmae, "mae3d": mae3d})
+    fire.Fire(
+        {"infer": infer, "data": data, "sparse": sparse, "mim": mim, "glmae": glmae, "mae3d": mae3d, "slices2d": slices2d}
+    )
