@@ -62,10 +62,10 @@ def slices2d_costs(size: int = 224, batch: int = 8, steps: int = 2, warmup: int 
     spconv / masked peak memory.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    results: dict = {
-        name: in_fresh_process(_step, name, None, size, batch, steps, warmup, device) for name in METHODS
+    results: dict = {name: in_fresh_process(_step, name, None, size, batch, steps, warmup, device) for name in METHODS}
+    backends = {
+        backend: in_fresh_process(_step, "SparK2D", backend, size, batch, steps, warmup, device) for backend in SPARK_BACKENDS
     }
-    backends = {backend: in_fresh_process(_step, "SparK2D", backend, size, batch, steps, warmup, device) for backend in SPARK_BACKENDS}
     backends["spconv_speedup"] = backends["masked"]["seconds_per_step"] / backends["spconv"]["seconds_per_step"]
     backends["spconv_memory_ratio"] = backends["spconv"]["peak_mb"] / backends["masked"]["peak_mb"]
     results["SparK2D_backends"] = backends

@@ -1,4 +1,4 @@
-"""Datalists from MSD ``dataset.json`` / NIfTI folders / DICOM series, splits, and the demo phantoms."""
+"""Datalists from MSD ``dataset.json`` / NIfTI folders / DICOM series / 2D slices, splits, and the demo data."""
 
 from common.data.classification import (
     ClassProbabilityWriter,
@@ -24,9 +24,10 @@ from common.data.demo import BTCV_LABELS, ensure_demo_data, generate_phantom
 from common.data.demo_classification import ensure_classification_demo_data
 from common.data.dicom import DicomSeriesReader
 from common.data.errors import DatalistError
-from common.data.slices import ensure_slice_demo_data, slice_datalist  # last: it imports common.transforms
-from common.data.demo_slices_classification import ensure_slice_classification_demo_data  # imports common.transforms
-from common.data.slice_classification import (  # imports common.transforms
+# The 2D modules import common.transforms, which imports the modules above: they come last.
+from common.data.slices import ensure_slice_demo_data, slice_datalist
+from common.data.demo_slices_classification import ensure_slice_classification_demo_data
+from common.data.slice_classification import (
     intensity_statistics,
     slice_classification_datalist,
     stratified_subset,

@@ -67,7 +67,8 @@ class SparK(nn.Module):
         self.num_levels = num_levels
         channels = list(reversed(encoder.feature_channels))[:num_levels]  # coarse to fine
         widths = [decoder_width // 2**i for i in range(num_levels)]
-        self.mask_tokens = nn.ParameterList(nn.Parameter(torch.zeros(1, c, *[1] * spatial_dims)) for c in channels)
+        token_shape = [1] * spatial_dims
+        self.mask_tokens = nn.ParameterList(nn.Parameter(torch.zeros(1, c, *token_shape)) for c in channels)
         for token in self.mask_tokens:
             nn.init.trunc_normal_(token, std=0.02, a=-0.02, b=0.02)
         batch_norm = SparseBatchNorm2d if spatial_dims == 2 else SparseBatchNorm3d

@@ -64,7 +64,8 @@ class ResNetEncoder(nn.Module):
         super().__init__()
         network = resnet_classifier(depth, spatial_dims, in_channels)
         self.conv1, self.bn1, self.act, self.maxpool = network.conv1, network.bn1, network.act, network.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = network.layer1, network.layer2, network.layer3, network.layer4
+        self.layer1, self.layer2 = network.layer1, network.layer2
+        self.layer3, self.layer4 = network.layer3, network.layer4
         self.spatial_dims = spatial_dims
         self.feature_channels = [network.fc.in_features // 2**i for i in (3, 2, 1, 0)]
         self.downsample_ratio = 32

@@ -64,5 +64,6 @@ class SaveReconstructionPngd(MapTransform):
         source = Path(str(data[self.source_key].meta["filename_or_obj"]))
         for key in self.key_iterator(data):
             channels = torch.chunk(torch.as_tensor(data[key]), len(self.names), dim=0)
-            orthogonal_slices_png(dict(zip(self.names, channels)), self.output_dir / f"{source.parent.name}_{source.stem}.png", upscale=1)
+            path = self.output_dir / f"{source.parent.name}_{source.stem}.png"
+            orthogonal_slices_png(dict(zip(self.names, channels)), path, upscale=1)
         return data
