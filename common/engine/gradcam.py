@@ -10,6 +10,7 @@ ResNet-50 of the slice study the target layer is ``layer4`` (1/32 of the input: 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -104,12 +105,12 @@ class GradCamSaver:
         target_layer: str = "layer4",
         device: str | torch.device | None = None,
     ) -> None:
-        self.network, self.dataset, self.class_names = network, dataset, list(class_names)
-        self.output_dir, self.num_images, self.target_layer, self.device = output_dir, num_images, target_layer, device
+        self.save = functools.partial(
+            save_gradcam_overlays, network, dataset, list(class_names), output_dir, num_images, target_layer, device
+        )
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine | None = None) -> list[Path]:
-        return save_gradcam_overlays(self.network, self.dataset, self.class_names, self.output_dir,
-                                     self.num_images, self.target_layer, self.device)
+        return self.save()

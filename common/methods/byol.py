@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.engine.ema import momentum_update
 from common.losses import BYOLLoss, embedding_std
 from common.networks.heads import projection_mlp
 from common.networks.resnet import ResNetEncoder
@@ -62,10 +63,7 @@ class BYOL(nn.Module):
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """``xi <- tau xi + (1 - tau) theta`` for the target encoder and projector (Sec. 3.1)."""
-        online = list(self.encoder.parameters()) + list(self.projector.parameters())
-        target = list(self.target_encoder.parameters()) + list(self.target_projector.parameters())
-        torch._foreach_mul_(target, momentum)
-        torch._foreach_add_(target, [o.detach() for o in online], alpha=1 - momentum)
+        momentum_update((self.target_encoder, self.target_projector), (self.encoder, self.projector), momentum)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         views = batch[VIEWS]

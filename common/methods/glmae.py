@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from common.engine.ema import momentum_update
 from common.losses import GlobalGuidedConsistencyLoss
 from common.methods.mae import MAE3D
 from common.transforms.views import GLOBAL_VIEWS, LOCAL_VIEWS
@@ -88,10 +89,7 @@ class GLMAE(MAE3D):
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """``teacher <- m * teacher + (1 - m) * student`` for the encoder and the projection head (eq. 7)."""
-        student = list(self.encoder.parameters()) + list(self.head.parameters())
-        teacher = list(self.teacher_encoder.parameters()) + list(self.teacher_head.parameters())
-        torch._foreach_mul_(teacher, momentum)
-        torch._foreach_add_(teacher, [s.detach() for s in student], alpha=1 - momentum)
+        momentum_update((self.teacher_encoder, self.teacher_head), (self.encoder, self.head), momentum)
 
     @torch.no_grad()
     def anchors(self, global_views: torch.Tensor) -> torch.Tensor:

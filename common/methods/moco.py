@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from common.engine.ema import momentum_update
 from common.losses import InfoNCELoss, embedding_std
 from common.networks.heads import projection_mlp
 from common.networks.resnet import ResNetEncoder
@@ -110,10 +111,7 @@ class MoCoV2(nn.Module):
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """``theta_k <- m theta_k + (1 - m) theta_q`` for the key encoder and head (Eq. 2)."""
-        query = list(self.encoder.parameters()) + list(self.projector.parameters())
-        key = list(self.key_encoder.parameters()) + list(self.key_projector.parameters())
-        torch._foreach_mul_(key, momentum)
-        torch._foreach_add_(key, [q.detach() for q in query], alpha=1 - momentum)
+        momentum_update((self.key_encoder, self.key_projector), (self.encoder, self.projector), momentum)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         views = batch[VIEWS]
