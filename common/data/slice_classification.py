@@ -46,6 +46,7 @@ from common.data.classification import stratified_split
 from common.data.datalist import absolute_path
 from common.data.errors import DatalistError
 from common.data.generated import ensure_generated
+from common.data.slices import SLICE_SUFFIXES
 from common.transforms.slices import load_slice_transforms
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,6 @@ logger = logging.getLogger(__name__)
 SPLITS = ("training", "validation", "test")
 # Split folder names of layout 4, per split.
 SPLIT_FOLDERS = {"training": ("train", "training"), "validation": ("val", "valid", "validation"), "test": ("test",)}
-SLICE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
 # MedMNIST keeps its class names in its Python package (INFO[flag]["label"]), not in the .npz; those of the
 # study's OrganSMNIST task, by the .npz's file name.
 MEDMNIST_CLASS_NAMES = {
