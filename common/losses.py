@@ -151,8 +151,11 @@ class GlobalGuidedConsistencyLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher: torch.Tensor) -> None:
-        """``c <- m c + (1 - m) mean(teacher)`` over the batch and views (DINO eq. 4); call once per step."""
+        """``c <- m c + (1 - m) mean(teacher)`` over the batch and views (DINO eq. 4), the mean taken over every
+        process's batch under DDP, as DINO does; call once per step."""
         mean = teacher.float().flatten(0, -2).mean(dim=0, keepdim=True)
+        if dist.is_available() and dist.is_initialized():
+            mean = _all_reduced(mean) / dist.get_world_size()
         self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
 
 

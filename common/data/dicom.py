@@ -22,7 +22,11 @@ from monai.data.utils import affine_to_spacing
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
+
+try:
+    from pydicom.pixels import apply_modality_lut
+except ImportError:  # pydicom 2, which MONAI Label 0.8.5 needs (tools.monailabel_check)
+    from pydicom.pixel_data_handlers.util import apply_modality_lut
 
 from common.data.errors import DatalistError, UnreadableFileError, skip_or_raise
 

@@ -48,6 +48,9 @@ def sincos_position_embedding(grid: Sequence[int], width: int, device: torch.dev
     order, on ``device``; computed once per grid, width and device, so a forward pass copies nothing to the
     device (MONAI's ``build_sincos_position_embedding``).
 
-    ``width`` must be divisible by 4 (2D) or 6 (3D).
+    ``width`` must be divisible by 4 (2D) or 6 (3D). While tracing or exporting, it is computed afresh, so that
+    the graph holds the computation rather than a cached tensor of another trace.
     """
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return _sincos.__wrapped__(tuple(int(g) for g in grid), width, torch.device(device))
     return _sincos(tuple(int(g) for g in grid), width, torch.device(device))

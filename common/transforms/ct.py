@@ -14,7 +14,7 @@ preset                    HU interval       used by
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from monai.transforms import EnsureTyped, Orientationd, ScaleIntensityRanged, Spacingd
 
@@ -39,6 +39,23 @@ def ct_window(keys: str | Sequence[str], preset: str = "abdomen") -> ScaleIntens
     return ScaleIntensityRanged(keys=keys, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)
 
 
+class PathSafeSpacingd(Spacingd):
+    """MONAI's ``Spacingd`` that sets non-dict ``<key>_*`` entries aside while it runs.
+
+    MONAI 1.6.1's ``Spacingd`` updates every ``<key>_*`` entry of the data as a meta dict; MONAI Label adds the
+    string ``image_path`` to each request, which then fails (``'str' object has no attribute 'update'``). Such
+    entries are passed through unchanged instead.
+    """
+
+    def __call__(self, data: Mapping, lazy: bool | None = None) -> dict:
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {k: v for k, v in data.items() if isinstance(k, str) and k.startswith(prefixes)
+                 and not isinstance(v, Mapping)}
+        resampled = super().__call__({k: v for k, v in data.items() if k not in aside}, lazy=lazy)
+        resampled.update(aside)
+        return resampled
+
+
 def load_ct(keys: Sequence[str], pixdim: Sequence[float], window: str) -> list:
     """The deterministic head of every pipeline: read (NIfTI or DICOM series), float32, orient to RAS, resample
     to ``pixdim`` (bilinear for ``"image"``, nearest for labels) and window ``"image"`` with ``window``."""
@@ -47,6 +64,6 @@ def load_ct(keys: Sequence[str], pixdim: Sequence[float], window: str) -> list:
         image_loader(keys),
         EnsureTyped(keys=keys, dtype="float32"),
         Orientationd(keys=keys, axcodes="RAS"),
-        Spacingd(keys=keys, pixdim=pixdim, mode=modes),
+        PathSafeSpacingd(keys=keys, pixdim=pixdim, mode=modes),
         ct_window("image", window),
     ]
