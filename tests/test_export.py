@@ -1,0 +1,132 @@
+"""``python -m monai.bundle ckpt_export`` (TorchScript) and ``onnx_export`` of the downstream bundles' ``network_def``.
+
+Each case writes a checkpoint of fresh weights, exports it through the command line as a user runs it (inside the
+bundle folder, as in its README), and compares the exported network with the eager one on another random input.
+``ckpt_export`` scripts by default; the networks ``torch.jit.script`` rejects are traced (``--use_trace True
+--input_shape``), which fixes the input shape to the traced one: the sliding-window ``roi_size`` (segmentation) or
+the resized volume / slice (classification), the only shapes inference feeds them.
+"""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.data import load_net_with_metadata
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+
+# (bundle, overrides of inference.json (tiny shapes), input shape, extra ckpt_export arguments)
+SCRIPTED = {
+    "unetr": ("btcv_segmentation", {"arch": "unetr", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
+    "resnet50": ("ct_slice_classification", {"image_size": 64}, (1, 1, 64, 64), []),
+}
+# not scriptable: MONAI's SwinUNETR / SwinTransformer (torch.utils.checkpoint under torch 2.13), MONAI's MedNeXt
+# block (global_resp_gamma only exists with global_resp_norm), common's ChannelsFirstLayerNorm (super().forward,
+# hyspark / mim) and EncoderClassifier.features (list or tuple encoder output, vit)
+TRACED = {
+    "cls_mim": ("ct_classification3d", {"arch": "mim", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
+    "cls_vit": ("ct_classification3d", {"arch": "vit", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
+    "cls_swin": ("ct_classification3d", {"arch": "swin", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
+    "cls_hyspark": ("ct_classification3d", {"arch": "hyspark", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
+    "seg_swin_unetr": ("btcv_segmentation", {"arch": "swin_unetr"}, (1, 1, 64, 64, 64), []),
+    "seg_mednext": ("btcv_segmentation", {"arch": "mednext", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
+    "seg_mim": ("btcv_segmentation", {"arch": "mim"}, (1, 1, 64, 64, 64), []),
+    "seg_hyspark": ("btcv_segmentation", {"arch": "hyspark"}, (1, 1, 64, 64, 64), []),
+}
+FAST = {"unetr", "cls_mim"}  # one scripted, one traced: the two ckpt_export paths
+
+
+def write_checkpoint(bundle: str, overrides: dict, path: Path) -> torch.nn.Module:
+    """``network_def`` of ``bundle``'s ``inference.json`` with ``overrides``, fresh seeded weights saved to ``path``
+    as the plain state dict the bundles' ``CheckpointSaver`` writes; returned in eval mode."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / "inference.json"))
+    for key, value in overrides.items():
+        parser[key] = value
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def").eval()
+    torch.save(network.state_dict(), path)
+    return network
+
+
+def monai_bundle(command: str, bundle: str, overrides: dict, *arguments: str) -> None:
+    """``python -m monai.bundle <command> --net_id network_def ... --config_file configs/inference.json``, started
+    inside the bundle folder; fails the test with the command's output."""
+    line = [sys.executable, "-m", "monai.bundle", command, "--net_id", "network_def",
+            "--config_file", "configs/inference.json", *arguments]
+    for key, value in overrides.items():
+        line += [f"--{key}", json.dumps(value)]
+    result = subprocess.run(line, cwd=REPO_ROOT / "bundles" / bundle, capture_output=True, text=True)
+    assert result.returncode == 0, f"{line} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+
+
+def assert_same_outputs(exported, network: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    """``exported`` (a callable on a float32 tensor) matches ``network`` on a random input of ``shape``."""
+    torch.manual_seed(1)
+    x = torch.rand(shape)
+    with torch.no_grad():
+        expected = network(x)
+        got = torch.as_tensor(exported(x))
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4), f"max difference {(got - expected).abs().max():.3g}"
+
+
+def _cases(table: dict) -> list:
+    """The names of ``table``; all but :data:`FAST` are integration tests (minutes in all on a 2-core CPU)."""
+    return [pytest.param(name, marks=[] if name in FAST else pytest.mark.integration) for name in table]
+
+
+def _ckpt_export(tmp_path, table, name, *how: str) -> None:
+    bundle, overrides, shape, extra = table[name]
+    network = write_checkpoint(bundle, overrides, tmp_path / "model.pt")
+    monai_bundle("ckpt_export", bundle, overrides, "--filepath", str(tmp_path / "model.ts"),
+                 "--ckpt_file", str(tmp_path / "model.pt"), *how, *extra)
+    exported, _, extra_files = load_net_with_metadata(str(tmp_path / "model.ts"), more_extra_files=["inference.json"])
+    assert "network_def" in json.loads(extra_files["inference.json"]), "the export carries its inference config"
+    assert_same_outputs(exported, network, shape)
+
+
+@pytest.mark.parametrize("name", _cases(SCRIPTED))
+def test_ckpt_export_scripts(tmp_path, name):
+    _ckpt_export(tmp_path, SCRIPTED, name)
+
+
+@pytest.mark.parametrize("name", _cases(TRACED))
+def test_ckpt_export_traces(tmp_path, name):
+    shape = TRACED[name][2]
+    _ckpt_export(tmp_path, TRACED, name, "--use_trace", "True", "--input_shape", json.dumps(list(shape)))
+
+
+# ONNX through torch.onnx's torch.export-based exporter (the default of torch >= 2.9, which needs onnxscript).
+ONNX = {
+    "seg_mednext": TRACED["seg_mednext"],
+    "cls_vit": TRACED["cls_vit"],
+    "resnet50": SCRIPTED["resnet50"],
+    "cls_mim": TRACED["cls_mim"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(package) is None for package in ONNX_PACKAGES),
+    reason=f"ONNX export needs {', '.join(ONNX_PACKAGES)}",
+)
+@pytest.mark.parametrize("name", [name if name == "resnet50" else pytest.param(name, marks=pytest.mark.integration)
+                                  for name in ONNX])
+def test_onnx_export_matches_the_network(tmp_path, name):
+    import onnxruntime
+
+    bundle, overrides, shape, _ = ONNX[name]
+    network = write_checkpoint(bundle, overrides, tmp_path / "model.pt")
+    monai_bundle("onnx_export", bundle, overrides, "--filepath", str(tmp_path / "model.onnx"),
+                 "--ckpt_file", str(tmp_path / "model.pt"), "--input_shape", json.dumps(list(shape)))
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    assert_same_outputs(lambda x: session.run(None, {input_name: x.numpy().astype(np.float32)})[0], network, shape)
