@@ -8,7 +8,9 @@ Four checks per bundle, one report line each (``OK``, ``FAIL: reason`` or ``SKIP
 ``files``       the required files are present.
 ``metadata``    ``configs/metadata.json`` validates against the MONAI bundle metadata schema named in its
                 ``"schema"`` field (vendored in ``tools/schema/``, so this works offline), its ``version`` is
-                semantic (X.Y.Z) and is a key of ``changelog``.
+                semantic (X.Y.Z) and is a key of ``changelog``, and it is consistent with the last packaged
+                version in ``bundles/releases.json`` (:mod:`tools.releases`): not older, and files changed since
+                then only under a new version.
 ``configs``     every ``configs/*.json`` is JSON and a MONAI config whose ``@references`` all exist. Override
                 files are layered on their base as ``monai.bundle run --config_file "[base, override]"``
                 does: on ``inference.json`` when their name contains "infer", otherwise on ``train.json``.
@@ -33,6 +35,8 @@ import fire
 import jsonschema
 from monai.bundle import ConfigParser, verify_net_in_out
 from monai.bundle.reference_resolver import ReferenceResolver
+
+from tools.releases import release_problems
 
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
@@ -117,10 +121,13 @@ def version_problems(metadata: dict) -> list[str]:
 
 
 def check_metadata(bundle: Path) -> Result:
-    """``configs/metadata.json`` validates against its vendored schema and its version is in its changelog."""
+    """``configs/metadata.json`` validates against its vendored schema, its version is in its changelog, and the
+    bundle did not change since that version was packaged."""
     try:
         metadata = read_json(bundle / "configs" / "metadata.json")
         problems = schema_problems(metadata) + version_problems(metadata)
+        if not problems:
+            problems = release_problems(bundle, metadata["version"])
     except ValueError as e:
         return Result("metadata", "FAIL", str(e))
     return outcome("metadata", problems, f"{metadata['schema'].rsplit('/', 1)[-1]}, version {metadata['version']}")

@@ -1,0 +1,194 @@
+"""``tools.package``: reproducible, self-contained bundle artifacts, ``model_info.json``, the release record that
+``tools.verify`` checks; ``tools.check_artifact``: an unpacked artifact runs in a fresh environment on its own;
+``tools.monailabel_check``: MONAI Label serves a packaged bundle."""
+
+import hashlib
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from tools import package as tools_package
+from tools.check_artifact import check_artifact, pinned_requirements
+from tools.monailabel_check import check_monailabel
+from tools.package import package
+from tools.releases import fingerprint, read_releases, release_problems
+from tools.verify import check_metadata
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_bundle(name: str, destination: Path) -> Path:
+    """A copy of ``bundles/<name>`` without its outputs (``models/``, ``eval/``), named ``name`` too."""
+    source, target = REPO_ROOT / "bundles" / name, destination / name
+    for part in ("configs", "docs"):
+        shutil.copytree(source / part, target / part)
+    shutil.copy(source / "LICENSE", target / "LICENSE")
+    return target
+
+
+def set_version(bundle: Path, version: str) -> None:
+    path = bundle / "configs" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["version"] = version
+    metadata["changelog"][version] = "a test change"
+    path.write_text(json.dumps(metadata, indent=4) + "\n")
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    return copy_bundle("ct_slice_classification", tmp_path / "src")
+
+
+@pytest.fixture
+def weights(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"fc.weight": torch.randn(2, 4), "fc.bias": torch.zeros(2)}, path)
+    return path
+
+
+def test_artifact_layout_and_model_info(bundle, weights, tmp_path):
+    releases = tmp_path / "releases.json"
+    artifact = package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=releases)
+    version = json.loads((bundle / "configs" / "metadata.json").read_text())["version"]
+    assert artifact.name == f"ct_slice_classification_v{version}.zip"
+
+    names = zipfile.ZipFile(artifact).namelist()
+    assert {name.split("/", 1)[0] for name in names} == {"ct_slice_classification"}
+    prefix = "ct_slice_classification/"
+    expected = {prefix + "LICENSE", prefix + "docs/README.md", prefix + "models/model.pt",
+                prefix + "common/__init__.py", prefix + "common/paths.py"}
+    expected |= {prefix + "configs/" + p.name for p in (bundle / "configs").iterdir()}
+    assert expected <= set(names)
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    with zipfile.ZipFile(artifact) as archive:
+        assert archive.read(prefix + "models/model.pt") == weights.read_bytes()
+        assert archive.read(prefix + "configs/train.json") == (bundle / "configs" / "train.json").read_bytes()
+
+    info = json.loads((tmp_path / "dist" / "model_info.json").read_text())
+    entry = info[f"ct_slice_classification_v{version}"]
+    assert entry == {"checksum": hashlib.sha256(artifact.read_bytes()).hexdigest(), "source": artifact.as_uri()}
+    assert read_releases(releases) == {"ct_slice_classification": {"version": version, "fingerprint": fingerprint(bundle)}}
+
+
+def test_same_inputs_give_the_same_bytes(bundle, weights, tmp_path):
+    first = package(str(bundle), weights=str(weights), dist=str(tmp_path / "a"), releases=tmp_path / "r.json")
+    (bundle / "docs" / "README.md").touch()  # a new modification time changes nothing
+    second = package(str(bundle), weights=str(weights), dist=str(tmp_path / "b"), releases=tmp_path / "r.json",
+                     source_url="https://example.org/releases/")
+    assert first.read_bytes() == second.read_bytes()
+    info = json.loads((tmp_path / "b" / "model_info.json").read_text())
+    assert info[second.stem]["source"] == f"https://example.org/releases/{second.name}"
+
+
+def test_changed_files_need_a_version_bump(bundle, tmp_path):
+    releases = tmp_path / "releases.json"
+    dist = tmp_path / "dist"
+    package(str(bundle), dist=str(dist), releases=releases)
+    assert release_problems(bundle, "0.1.0", releases) == []
+
+    readme = bundle / "docs" / "README.md"
+    readme.write_text(readme.read_text() + "\nA changed paragraph.\n")
+    problems = release_problems(bundle, "0.1.0", releases)
+    assert problems and "bump version" in problems[0]
+    with pytest.raises(ValueError, match="bump version"):
+        package(str(bundle), dist=str(dist), releases=releases)
+
+    set_version(bundle, "0.1.1")
+    assert release_problems(bundle, "0.1.1", releases) == []
+    assert package(str(bundle), dist=str(dist), releases=releases).name == "ct_slice_classification_v0.1.1.zip"
+    assert "older than the packaged 0.1.1" in release_problems(bundle, "0.1.0", releases)[0]
+
+
+def test_verify_reads_the_repository_release_record(tmp_path, monkeypatch):
+    bundle = copy_bundle("btcv_segmentation", tmp_path)
+    released = {"btcv_segmentation": {"version": "0.4.0", "fingerprint": "0" * 64}}
+    record = tmp_path / "releases.json"
+    record.write_text(json.dumps(released))
+    monkeypatch.setattr("tools.releases.RELEASES_FILE", record)
+    result = check_metadata(bundle)
+    assert result.status == "FAIL" and "files changed since version 0.4.0 was packaged" in result.detail
+
+
+def test_refuses_to_overwrite_an_artifact_with_other_bytes(bundle, weights, tmp_path):
+    dist, releases = tmp_path / "dist", tmp_path / "releases.json"
+    package(str(bundle), dist=str(dist), releases=releases)
+    with pytest.raises(ValueError, match="exists with other content"):
+        package(str(bundle), weights=str(weights), dist=str(dist), releases=releases)
+    assert not list(dist.glob("*.partial"))
+
+
+def test_refuses_bad_bundles_and_weights(bundle, tmp_path):
+    not_weights = tmp_path / "notes.pt"
+    not_weights.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="does not load as a checkpoint"):
+        package(str(bundle), weights=str(not_weights), dist=str(tmp_path / "d"), releases=tmp_path / "r.json")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        package(str(bundle), weights=str(tmp_path / "missing.pt"), dist=str(tmp_path / "d"), releases=tmp_path / "r.json")
+    (bundle / "LICENSE").unlink()
+    with pytest.raises(ValueError, match="files: missing LICENSE"):
+        package(str(bundle), dist=str(tmp_path / "d"), releases=tmp_path / "r.json")
+
+
+def test_cli_exits_with_the_reason(bundle, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("tools.releases.RELEASES_FILE", tmp_path / "releases.json")
+    (bundle / "LICENSE").unlink()
+    with pytest.raises(SystemExit, match="cannot package .*missing LICENSE"):
+        tools_package.main(str(bundle), dist=str(tmp_path / "dist"))
+
+
+def test_artifact_environment_pins_the_metadata_versions():
+    metadata = json.loads((REPO_ROOT / "bundles" / "btcv_segmentation" / "configs" / "metadata.json").read_text())
+    pins = pinned_requirements(metadata)
+    assert f"torch=={metadata['pytorch_version']}" in pins and f"monai=={metadata['monai_version']}" in pins
+    assert all(f"{name}=={version}" in pins for name, version in metadata["required_packages_version"].items())
+
+
+def network_weights(bundle: Path, path: Path, *overrides: str) -> Path:
+    """The state dict of the bundle's ``network_def`` (random weights) of ``inference.json`` merged with the
+    ``overrides`` config files (e.g. ``smoke.json``), saved to ``path``."""
+    parser = ConfigParser()
+    parser.read_meta(str(bundle / "configs" / "metadata.json"))
+    parser.read_config([str(bundle / "configs" / name) for name in ("inference.json", *overrides)])
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    return path
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["btcv_segmentation", "mim_pretrain"])
+def test_unpacked_artifact_runs_on_its_own(name, tmp_path):
+    """The issue's check, for one downstream and one pre-training bundle: a fresh environment with only the
+    metadata's pins, ``monai.bundle download --url file://``, inference with the shipped weights, smoke training."""
+    bundle = copy_bundle(name, tmp_path / "src")
+    weights = network_weights(bundle, tmp_path / "model.pt", "smoke.json") if name == "btcv_segmentation" else None
+    artifact = package(str(bundle), weights=weights and str(weights), dist=str(tmp_path / "dist"),
+                       releases=tmp_path / "releases.json")
+    steps = check_artifact(str(artifact), work_dir=str(tmp_path / "unpacked"))
+
+    unpacked = tmp_path / "unpacked" / name
+    assert any(step.startswith("import common -> " + str(unpacked / "common")) for step in steps)
+    assert (unpacked / "models" / "model.pt").is_file()
+    if weights is not None:
+        assert len(list((unpacked / "eval" / "predictions").rglob("*_seg.nii.gz"))) > 0
+        assert list((unpacked / "models" / "previous").rglob("model.pt"))  # the shipped weights, moved aside by training
+
+
+@pytest.mark.integration
+def test_monailabel_serves_the_packaged_bundle(tmp_path, shared_data):
+    """MONAI Label's ``monaibundle`` app with the packaged ``btcv_segmentation`` (untrained weights of the default
+    network): ``/info/`` lists the organs of ``channel_def``, ``/infer`` returns a label map of a real CT."""
+    bundle = copy_bundle("btcv_segmentation", tmp_path / "src")
+    weights = network_weights(bundle, tmp_path / "model.pt")
+    artifact = package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json")
+
+    image = shared_data / "totalsegmentator" / "example_ct_sm.nii.gz"
+    report = check_monailabel(str(artifact), image=str(image), work_dir=str(tmp_path / "work"))
+
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    channel_def = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert report["labels"] == {name.lower(): int(index) for index, name in channel_def.items() if index != "0"}
+    assert (tmp_path / "work" / "label.nii.gz").is_file()  # shape and labels checked by check_monailabel

@@ -1,0 +1,216 @@
+"""MONAI Label serves a packaged bundle: the real server, the real client, a real CT.
+
+::
+
+    python -m tools.package bundles/btcv_segmentation --weights bundles/btcv_segmentation/models/model.pt
+    python -m tools.monailabel_check dist/btcv_segmentation_v0.5.0.zip
+
+Steps:
+
+1. An environment with ``monailabel``, the artifact's torch and MONAI versions and its other required packages
+   (``metadata.json``), made once and cached like :mod:`tools.check_artifact`'s, under
+   ``<repository>/.cache/monailabel_venvs/``. MONAI Label imports torchvision, whose wheels are built against the
+   registry's torch (the CUDA build): torch is pinned with ``===``, which a local CPU build (``+cpu``) does not
+   satisfy. The other packages' versions are left to pip: MONAI Label 0.8.5 requires numpy < 2 (through
+   ``numpymaxflow`` and ``pydicom-seg``), which rules out the bundles' numpy 2.x and ``pylibjpeg-libjpeg`` 2.5, and
+   pydicom 2 (``pydicom-seg``), where the bundles pin pydicom 3.
+2. ``monailabel apps --download --name monaibundle``: MONAI Label's ``monaibundle`` sample app, copied out of the
+   installed package; the artifact is unpacked into the app's ``model/`` folder.
+3. A studies folder holding a link to the CT (default ``../shared/data/totalsegmentator/example_ct_sm.nii.gz``;
+   the data is linked, never copied).
+4. ``monailabel start_server`` on ``127.0.0.1`` and a free port, with the bundle as the only model, no zoo
+   download (``zoo_source github``: local bundles only) and no SAM2 (it would download weights).
+5. :mod:`tools.monailabel_client` in that environment: ``/info/`` lists the model, ``/infer/<model>`` returns a
+   label volume for the CT.
+6. The label volume has the CT's shape and only labels of the bundle's ``channel_def``.
+7. The server is stopped (SIGINT to its process group, SIGKILL after a grace period) whatever happened.
+
+The server's log is ``<work_dir>/server.log``; a failing step names it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import fire
+import nibabel as nib
+import numpy as np
+
+from tools.check_artifact import (
+    ArtifactCheckError,
+    artifact_metadata,
+    isolated_env,
+    prepared_venv,
+    run_step,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_VENV_ROOT = REPO_ROOT / ".cache" / "monailabel_venvs"
+DEFAULT_IMAGE = REPO_ROOT.parent / "shared" / "data" / "totalsegmentator" / "example_ct_sm.nii.gz"
+MONAILABEL_VERSION = "0.8.5"
+# MONAI Label 0.8.5 imports pydicom-seg 0.4, which needs pydicom 2 (pydicom 3 removed pydicom._storage_sopclass_uids).
+MONAILABEL_REQUIREMENTS = (f"monailabel=={MONAILABEL_VERSION}", "pydicom<3")
+APP = "monaibundle"
+SERVER_START_TIMEOUT = 300
+SERVER_STOP_GRACE = 30
+LOG_TAIL = 4000
+
+
+def venv_env(python: Path) -> dict[str, str]:
+    """:func:`isolated_env` with the environment of ``python`` activated: the ``monailabel`` script and the server's
+    subprocesses run ``python`` from ``PATH`` (or ``$MONAILABEL_PYEXE``)."""
+    env = isolated_env()
+    env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(python.parent.parent)
+    env["MONAILABEL_PYEXE"] = str(python)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepared_app(python: Path, work_dir: Path, artifact: Path, bundle_name: str) -> Path:
+    """The ``monaibundle`` sample app in ``work_dir/apps``, with ``artifact`` unpacked in its ``model/`` folder."""
+    monailabel = python.parent / "monailabel"
+    run_step([str(monailabel), "apps", "--download", "--name", APP, "--output", str(work_dir / "apps")],
+             env=venv_env(python))
+    app = work_dir / "apps" / APP
+    with zipfile.ZipFile(artifact) as archive:
+        archive.extractall(app / "model")
+    if not (app / "model" / bundle_name / "configs" / "inference.json").is_file():
+        raise ArtifactCheckError(f"{artifact} did not unpack to {app / 'model' / bundle_name}")
+    return app
+
+
+def studies_with(image: Path, work_dir: Path) -> tuple[Path, str]:
+    """A studies folder holding a link to ``image``, and the image's id in MONAI Label's datastore."""
+    studies = work_dir / "studies"
+    studies.mkdir(parents=True, exist_ok=True)
+    (studies / image.name).symlink_to(image.resolve())
+    return studies, image.name.split(".")[0]
+
+
+def log_tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-LOG_TAIL:] if log.is_file() else "(no log)"
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Poll ``url/info/`` until it answers 200; :class:`ArtifactCheckError` if the server dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ArtifactCheckError(f"the server exited with {process.returncode}; {log}:\n{log_tail(log)}")
+        try:
+            with urllib.request.urlopen(f"{url}/info/", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(2)
+    raise ArtifactCheckError(f"the server did not answer {url}/info/ within {timeout:.0f} s; {log}:\n{log_tail(log)}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGINT to the server's process group (uvicorn shuts down cleanly), SIGKILL after :data:`SERVER_STOP_GRACE`."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(SERVER_STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextmanager
+def running_server(python: Path, app: Path, studies: Path, model: str, log: Path) -> Iterator[str]:
+    """``monailabel start_server`` serving ``model`` of ``app`` on 127.0.0.1; yields its URL, stops it on exit."""
+    port = free_port()
+    command = [
+        str(python.parent / "monailabel"), "start_server", "--app", str(app), "--studies", str(studies),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--conf", "models", model, "--conf", "zoo_source", "github", "--conf", "sam2", "false",
+        "--conf", "preload", "false",
+    ]  # fmt: skip
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=venv_env(python),
+                                   start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_serving(url, process, log, SERVER_START_TIMEOUT)
+        yield url
+    finally:
+        stop(process)
+
+
+def label_problems(label: Path, image: Path, channel_def: dict) -> list[str]:
+    """Why the returned ``label`` volume is not a label map of ``image`` with the classes of ``channel_def``."""
+    values = np.asarray(nib.load(label).dataobj)
+    problems = []
+    expected = nib.load(image).shape
+    if values.shape[:3] != expected[:3] or values.size != np.prod(expected[:3]):
+        problems.append(f"label shape {values.shape} is not the image's {expected}")
+    unknown = sorted(set(np.unique(values).astype(int).tolist()) - {int(k) for k in channel_def})
+    if unknown:
+        problems.append(f"labels {unknown} are not in channel_def {sorted(int(k) for k in channel_def)}")
+    return problems
+
+
+def check_monailabel(artifact: str, image: str | None = None, work_dir: str | None = None,
+                     venv_root: str | None = None) -> dict:
+    """Serve ``artifact`` with MONAI Label and run one inference through its REST API; returns the client's report.
+
+    Raises:
+        ArtifactCheckError: a step failed (the message holds the output, or the server log's end).
+        FileNotFoundError: the image does not exist.
+    """
+    artifact_path = Path(artifact).resolve()
+    image_path = Path(image) if image else DEFAULT_IMAGE
+    if not image_path.is_file():
+        raise FileNotFoundError(f"CT image {image_path} does not exist")
+    name, metadata = artifact_metadata(artifact_path)
+    requirements = sorted([*MONAILABEL_REQUIREMENTS, f"torch==={metadata['pytorch_version']}",
+                           f"monai=={metadata['monai_version']}", *metadata.get("required_packages_version", {})])
+    python = prepared_venv(requirements, Path(venv_root) if venv_root else DEFAULT_VENV_ROOT)
+
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="monailabel_check_"))
+    app = prepared_app(python, work, artifact_path, name)
+    studies, image_id = studies_with(image_path, work)
+    label = work / "label.nii.gz"
+    with running_server(python, app, studies, name, work / "server.log") as url:
+        output = run_step([str(python), str(Path(__file__).with_name("monailabel_client.py")), "--url", url,
+                           "--model", name, "--image", image_id, "--output", str(label)], env=venv_env(python))
+    report = json.loads(output.strip().splitlines()[-1])
+    problems = label_problems(label, image_path, metadata["network_data_format"]["outputs"]["pred"]["channel_def"])
+    if problems:
+        raise ArtifactCheckError(f"{label}: " + "; ".join(problems))
+    return report
+
+
+def main(artifact: str, image: str | None = None, work_dir: str | None = None, venv_root: str | None = None) -> None:
+    """``python -m tools.monailabel_check dist/<name>_v<version>.zip [--image CT] [--work_dir DIR]``."""
+    try:
+        report = check_monailabel(artifact, image=image, work_dir=work_dir, venv_root=venv_root)
+    except (ArtifactCheckError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"tools.monailabel_check: FAILED: {e}")
+    print(f"OK  MONAI Label served {Path(artifact).name}: labels {report['labels']}, inference {report['infer']}")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
