@@ -85,33 +85,40 @@ def test_same_inputs_give_the_same_bytes(bundle, weights, tmp_path):
     assert info[second.stem]["source"] == f"https://example.org/releases/{second.name}"
 
 
+def bundle_version(bundle: Path) -> str:
+    return json.loads((bundle / "configs" / "metadata.json").read_text())["version"]
+
+
 def test_changed_files_need_a_version_bump(bundle, tmp_path):
     releases = tmp_path / "releases.json"
     dist = tmp_path / "dist"
     package(str(bundle), dist=str(dist), releases=releases)
-    assert release_problems(bundle, "0.1.0", releases) == []
+    packaged = bundle_version(bundle)
+    assert release_problems(bundle, packaged, releases) == []
 
     readme = bundle / "docs" / "README.md"
     readme.write_text(readme.read_text() + "\nA changed paragraph.\n")
-    problems = release_problems(bundle, "0.1.0", releases)
+    problems = release_problems(bundle, packaged, releases)
     assert problems and "bump version" in problems[0]
     with pytest.raises(ValueError, match="bump version"):
         package(str(bundle), dist=str(dist), releases=releases)
 
-    set_version(bundle, "0.1.1")
-    assert release_problems(bundle, "0.1.1", releases) == []
-    assert package(str(bundle), dist=str(dist), releases=releases).name == "ct_slice_classification_v0.1.1.zip"
-    assert "older than the packaged 0.1.1" in release_problems(bundle, "0.1.0", releases)[0]
+    major, minor, patch = packaged.split(".")
+    bumped = f"{major}.{minor}.{int(patch) + 1}"
+    set_version(bundle, bumped)
+    assert release_problems(bundle, bumped, releases) == []
+    assert package(str(bundle), dist=str(dist), releases=releases).name == f"ct_slice_classification_v{bumped}.zip"
+    assert f"older than the packaged {bumped}" in release_problems(bundle, packaged, releases)[0]
 
 
 def test_verify_reads_the_repository_release_record(tmp_path, monkeypatch):
     bundle = copy_bundle("btcv_segmentation", tmp_path)
-    released = {"btcv_segmentation": {"version": "0.4.0", "fingerprint": "0" * 64}}
+    version = bundle_version(bundle)
     record = tmp_path / "releases.json"
-    record.write_text(json.dumps(released))
+    record.write_text(json.dumps({"btcv_segmentation": {"version": version, "fingerprint": "0" * 64}}))
     monkeypatch.setattr("tools.releases.RELEASES_FILE", record)
     result = check_metadata(bundle)
-    assert result.status == "FAIL" and "files changed since version 0.4.0 was packaged" in result.detail
+    assert result.status == "FAIL" and f"files changed since version {version} was packaged" in result.detail
 
 
 def test_refuses_to_overwrite_an_artifact_with_other_bytes(bundle, weights, tmp_path):
