@@ -77,8 +77,10 @@ def pinned_requirements(metadata: dict) -> list[str]:
 
 
 def run_step(command: Sequence[str], cwd: Path | None = None, env: dict | None = None) -> str:
-    """Run ``command``; its combined output, or :class:`ArtifactCheckError` with the output's end when it fails."""
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    """Run ``command`` in ``env`` (default :func:`isolated_env`); its combined output, or :class:`ArtifactCheckError`
+    with the output's end when it fails."""
+    result = subprocess.run(command, cwd=cwd, env=isolated_env() if env is None else env, capture_output=True,
+                            text=True)
     output = result.stdout + result.stderr
     if result.returncode != 0:
         raise ArtifactCheckError(
@@ -100,10 +102,10 @@ def prepared_venv(requirements: Sequence[str], venv_root: Path) -> Path:
     if (venv / "requirements.txt").is_file():
         return python
     venv_root.mkdir(parents=True, exist_ok=True)
-    run_step([sys.executable, "-m", "venv", "--clear", str(venv)], env=isolated_env())
+    run_step([sys.executable, "-m", "venv", "--clear", str(venv)])
     # the pip that venv bundles (23.x for Python 3.11) fails to resolve MONAI Label's dependencies; a current one does
-    run_step([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], env=isolated_env())
-    run_step([str(python), "-m", "pip", "install", "--quiet", *requirements], env=isolated_env())
+    run_step([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
+    run_step([str(python), "-m", "pip", "install", "--quiet", *requirements])
     (venv / "requirements.txt").write_text("\n".join(requirements) + "\n")  # written last: marks a complete venv
     return python
 
@@ -111,8 +113,7 @@ def prepared_venv(requirements: Sequence[str], venv_root: Path) -> Path:
 def bundle_run(python: Path, bundle: Path, *configs: str) -> str:
     """``python -m monai.bundle run`` of the bundle's ``configs`` merged in order, from inside the bundle folder."""
     config_files = "[" + ",".join(f"'configs/{c}'" for c in configs) + "]"
-    return run_step([str(python), "-m", "monai.bundle", "run", "--config_file", config_files], cwd=bundle,
-                    env=isolated_env())
+    return run_step([str(python), "-m", "monai.bundle", "run", "--config_file", config_files], cwd=bundle)
 
 
 def has_network(bundle: Path) -> bool:
@@ -140,12 +141,11 @@ def check_artifact(artifact: str, venv_root: str | None = None, work_dir: str | 
 
     target = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix=f"{name}_artifact_"))
     run_step([str(python), "-m", "monai.bundle", "download", "--name", name, "--url", artifact_path.as_uri(),
-              "--bundle_dir", str(target)], env=isolated_env())
+              "--bundle_dir", str(target)])
     bundle = target / name
     steps.append(f"monai.bundle download --url {artifact_path.as_uri()} -> {bundle}")
 
-    common_file = run_step([str(python), "-c", "import common; print(common.__file__)"], cwd=bundle,
-                           env=isolated_env()).strip()
+    common_file = run_step([str(python), "-c", "import common; print(common.__file__)"], cwd=bundle).strip()
     if Path(common_file).resolve().parent != (bundle / "common").resolve():
         raise ArtifactCheckError(f"`import common` in {bundle} found {common_file}, not the vendored copy")
     steps.append(f"import common -> {common_file}")

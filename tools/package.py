@@ -154,7 +154,8 @@ def package(
 
     staged = artifact.with_suffix(".zip.partial")
     write_reproducible_zip(artifact_entries(bundle_dir, weights_path), staged)
-    if artifact.is_file() and sha256(artifact) != sha256(staged):
+    checksum = sha256(staged)
+    if artifact.is_file() and sha256(artifact) != checksum:
         staged.unlink()
         raise ValueError(
             f"{artifact} exists with other content: version {version} was packaged before from other files or "
@@ -163,7 +164,7 @@ def package(
     staged.replace(artifact)
 
     source = f"{source_url.rstrip('/')}/{artifact.name}" if source_url else artifact.as_uri()
-    update_model_info(dist_dir, key, sha256(artifact), source)
+    update_model_info(dist_dir, key, checksum, source)
     record_release(bundle_dir.name, version, fingerprint(bundle_dir), releases)
     return artifact
 
