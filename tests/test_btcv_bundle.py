@@ -3,8 +3,6 @@
 
 import csv
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -16,6 +14,7 @@ import torch
 from common.data import image_loader
 from common.methods import GLMAE, HySparK, MiM, SparK3D
 from common.networks import convvit_config, hybrid_config, segmentation_network, vit_config
+from module_runner import run_bundle, run_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,16 +23,6 @@ TRAIN = str(BUNDLE / "configs" / "train.json")
 SMOKE = str(BUNDLE / "configs" / "smoke.json")
 INFERENCE = str(BUNDLE / "configs" / "inference.json")
 pytestmark = pytest.mark.slow
-
-
-def run_bundle(configs: list[str], cwd: Path = REPO_ROOT, **overrides) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` in a subprocess, as a user runs it; fails the test with its output."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs)]
-    for key, value in overrides.items():
-        command += [f"--{key}", str(value)]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +70,8 @@ def test_resume_continues_and_fresh_run_keeps_earlier_files(trained, tmp_path):
 
 
 def test_resume_without_checkpoint_fails_clearly(tmp_path):
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str([TRAIN, SMOKE]),
-               "--resume", "true", "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval")]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    result = run_module("monai.bundle", "run", "--config_file", str([TRAIN, SMOKE]), "--resume", "true",
+                        "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"))
     assert result.returncode != 0 and "holds no checkpoint_*.pt to resume from" in result.stderr
 
 

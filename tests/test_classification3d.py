@@ -4,10 +4,7 @@ end to end (train + smoke, then inference on one demo volume)."""
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -37,6 +34,7 @@ from common.networks.classification import (
 )
 from common.networks.convvit import convvit_config
 from common.transfer import load_pretrained
+from module_runner import run_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "ct_classification3d"
@@ -265,16 +263,6 @@ def test_probability_writer_names_columns_by_class(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the bundle
-
-
-def run_bundle(configs: list[str], **overrides) -> None:
-    """``python -m monai.bundle run`` in a subprocess, as a user runs it; fails the test with its output."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs)]
-    for key, value in overrides.items():
-        command += [f"--{key}", str(value)]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the store in output_dir
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env)
-    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_pretrain_bundles import REPO_ROOT, configs, mlflow_runs, run_bundle
+from module_runner import run_bundle
+from test_pretrain_bundles import REPO_ROOT, configs, mlflow_runs
 
 from common.data.slices import ensure_slice_demo_data
 from common.networks import resnet_classifier

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,6 +23,7 @@ from common.networks import (
 )
 from common.networks.layers import sincos_position_embedding
 from common.transfer import load_pretrained
+from module_runner import run_module
 from tools.checkpoint_sources import get_source, sincos_check
 from tools.convert_checkpoint import ConversionError, build_method, convert_checkpoint, main
 
@@ -326,9 +325,8 @@ def test_command_line_converts_and_never_overwrites(tmp_path, repo_root):
     source, out = tmp_path / "hyspark.pth", tmp_path / "converted.pt"
     release = hyspark_release()
     torch.save(release, source)
-    command = [sys.executable, "-m", "tools.convert_checkpoint", "--source", "hyspark", str(source), str(out),
-               "--overrides", "{'decoder_width': 96}"]  # fmt: skip
-    done = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    done = run_module("tools.convert_checkpoint", "--source", "hyspark", str(source), str(out),
+                      "--overrides", "{'decoder_width': 96}", cwd=repo_root)
     assert done.returncode == 0, done.stderr
     converted = len(release) - 2  # all but the fixed position embedding and the unused ViT mask token
     assert f"hyspark -> HySparK: {converted} tensors converted" in done.stdout and f"wrote {out}" in done.stdout

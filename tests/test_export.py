@@ -9,8 +9,6 @@ the resized volume / slice (classification), the only shapes inference feeds the
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.data import load_net_with_metadata
+from module_runner import monai_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
@@ -56,15 +55,12 @@ def write_checkpoint(bundle: str, overrides: dict, path: Path) -> torch.nn.Modul
     return network
 
 
-def monai_bundle(command: str, bundle: str, overrides: dict, *arguments: str) -> None:
+def export(command: str, bundle: str, overrides: dict, *arguments: str) -> None:
     """``python -m monai.bundle <command> --net_id network_def ... --config_file configs/inference.json``, started
     inside the bundle folder; fails the test with the command's output."""
-    line = [sys.executable, "-m", "monai.bundle", command, "--net_id", "network_def",
-            "--config_file", "configs/inference.json", *arguments]
-    for key, value in overrides.items():
-        line += [f"--{key}", json.dumps(value)]
-    result = subprocess.run(line, cwd=REPO_ROOT / "bundles" / bundle, capture_output=True, text=True)
-    assert result.returncode == 0, f"{line} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    overrides = {key: json.dumps(value) for key, value in overrides.items()}
+    monai_bundle(command, "--net_id", "network_def", "--config_file", "configs/inference.json", *arguments,
+                 cwd=REPO_ROOT / "bundles" / bundle, **overrides)
 
 
 def assert_same_outputs(exported, network: torch.nn.Module, shape: tuple[int, ...]) -> None:
@@ -86,7 +82,7 @@ def _cases(table: dict) -> list:
 def _ckpt_export(tmp_path, table, name, *how: str) -> None:
     bundle, overrides, shape, extra = table[name]
     network = write_checkpoint(bundle, overrides, tmp_path / "model.pt")
-    monai_bundle("ckpt_export", bundle, overrides, "--filepath", str(tmp_path / "model.ts"),
+    export("ckpt_export", bundle, overrides, "--filepath", str(tmp_path / "model.ts"),
                  "--ckpt_file", str(tmp_path / "model.pt"), *how, *extra)
     exported, _, extra_files = load_net_with_metadata(str(tmp_path / "model.ts"), more_extra_files=["inference.json"])
     assert "network_def" in json.loads(extra_files["inference.json"]), "the export carries its inference config"
@@ -125,7 +121,7 @@ def test_onnx_export_matches_the_network(tmp_path, name):
 
     bundle, overrides, shape, _ = ONNX[name]
     network = write_checkpoint(bundle, overrides, tmp_path / "model.pt")
-    monai_bundle("onnx_export", bundle, overrides, "--filepath", str(tmp_path / "model.onnx"),
+    export("onnx_export", bundle, overrides, "--filepath", str(tmp_path / "model.onnx"),
                  "--ckpt_file", str(tmp_path / "model.pt"), "--input_shape", json.dumps(list(shape)))
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_pretrain_bundles import EXPORTS, REPO_ROOT, configs, mlflow_runs, run_bundle
+from module_runner import run_bundle
+from test_pretrain_bundles import EXPORTS, REPO_ROOT, configs, mlflow_runs
 
 from tools.verify import verify_bundle
 

@@ -6,8 +6,6 @@ Each bundle is trained once per module (fixture ``trained``); the other tests re
 """
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -18,6 +16,7 @@ import torch
 from PIL import Image
 
 from common.data import image_loader
+from module_runner import run_bundle
 from tools.verify import verify_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,16 +27,6 @@ pytestmark = pytest.mark.slow
 
 def configs(bundle: str, *names: str) -> str:
     return str([str(REPO_ROOT / "bundles" / bundle / "configs" / name) for name in names])
-
-
-def run_bundle(config_file: str, **overrides) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` in a subprocess, as a user runs it; fails the test with its output."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file]
-    for key, value in overrides.items():
-        command += [f"--{key}", str(value)]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return result
 
 
 def train(bundle: str, root: Path, **overrides) -> dict[str, Path]:

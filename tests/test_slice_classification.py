@@ -4,9 +4,6 @@ pre-training checkpoint, Grad-CAM overlays, and the ``ct_slice_classification`` 
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -23,6 +20,7 @@ from common.data import slice_classification
 from common.engine import HeadFirstFineTuning, save_gradcam_overlays
 from common.networks import ResNetEncoder, resnet_classifier
 from common.transfer import load_pretrained
+from module_runner import run_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "bundles" / "ct_slice_classification" / "configs"
@@ -284,13 +282,7 @@ def test_bundle_fine_tunes_a_pretrained_encoder_tests_and_explains(tmp_path):
     models, evaluation = tmp_path / "models", tmp_path / "eval"
     overrides = {"dataset_dir": data, "ckpt_dir": models, "output_dir": evaluation, "pretrained": tmp_path / "pretrained.pt",
                  "train_fraction": 0.5, "seed": 3, "image_size": 32, "run_name": "smoke"}
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-               str([str(CONFIGS / "train.json"), str(CONFIGS / "smoke.json")])]
-    for key, value in overrides.items():
-        command += [f"--{key}", str(value)]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env)
-    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    run_bundle([str(CONFIGS / "train.json"), str(CONFIGS / "smoke.json")], **overrides)
 
     state = torch.load(models / "checkpoint_final.pt", weights_only=False)["model"]
     assert all(torch.equal(state[k], v) for k, v in encoder.state_dict().items() if "running" not in k and "tracked" not in k)
