@@ -40,7 +40,7 @@ def depthwise_conv_input(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=32)
 def _sincos(grid: tuple[int, ...], width: int, device: torch.device) -> torch.Tensor:
-    return build_sincos_position_embedding(list(grid), width, spatial_dims=len(grid)).data[0].to(device)
+    return build_sincos_position_embedding(list(grid), width, spatial_dims=len(grid)).detach()[0].to(device)
 
 
 def sincos_position_embedding(grid: Sequence[int], width: int, device: torch.device | str) -> torch.Tensor:
