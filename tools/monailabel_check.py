@@ -11,7 +11,7 @@ Steps:
    (``metadata.json``), made once and cached like :mod:`tools.check_artifact`'s, under
    ``<repository>/.cache/monailabel_venvs/``. MONAI Label imports torchvision, whose wheels are built against the
    registry's torch (the CUDA build): torch is pinned with ``===``, which a local CPU build (``+cpu``) does not
-   satisfy. The other packages' versions are left to pip: MONAI Label 0.8.5 requires numpy < 2 (through
+   satisfy. The other packages' versions are left to the resolver: MONAI Label 0.8.5 requires numpy < 2 (through
    ``numpymaxflow`` and ``pydicom-seg``), which rules out the bundles' numpy 2.x and ``pylibjpeg-libjpeg`` 2.5, and
    pydicom 2 (``pydicom-seg``), where the bundles pin pydicom 3.
 2. ``monailabel apps --download --name monaibundle``: MONAI Label's ``monaibundle`` sample app, copied out of the
@@ -21,8 +21,11 @@ Steps:
 4. ``monailabel start_server`` on ``127.0.0.1`` and a free port, with the bundle as the only model, no zoo
    download (``zoo_source github``: local bundles only) and no SAM2 (it would download weights).
 5. :mod:`tools.monailabel_client` in that environment: ``/info/`` lists the model, ``/infer/<model>`` returns a
-   label volume for the CT.
-6. The label volume has the CT's shape and only labels of the bundle's ``channel_def``.
+   label volume for the CT; with ``train_epochs`` (default 1) the client submits that volume as the CT's final label
+   and ``/train/<model>`` runs MONAI Label's bundle trainer (``BundleTrainTask``: the bundle's ``train.json``, its
+   ``run`` section only, on the server's device, CPU here) for that many epochs.
+6. The label volume has the CT's shape and only labels of the bundle's ``channel_def``; after training, the app's
+   ``models/model.pt`` holds new weights.
 7. The server is stopped (SIGINT to its process group, SIGKILL after a grace period) whatever happened.
 
 The server's log is ``<work_dir>/server.log``; a failing step names it.
@@ -55,6 +58,7 @@ from tools.check_artifact import (
     prepared_venv,
     run_step,
 )
+from tools.package import sha256
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV_ROOT = REPO_ROOT / ".cache" / "monailabel_venvs"
@@ -173,8 +177,9 @@ def label_problems(label: Path, image: Path, channel_def: dict) -> list[str]:
 
 
 def check_monailabel(artifact: str, image: str | None = None, work_dir: str | None = None,
-                     venv_root: str | None = None) -> dict:
-    """Serve ``artifact`` with MONAI Label and run one inference through its REST API; returns the client's report.
+                     venv_root: str | None = None, train_epochs: int = 1) -> dict:
+    """Serve ``artifact`` with MONAI Label, run one inference through its REST API and, unless ``train_epochs`` is 0,
+    train on the returned label; returns the client's report.
 
     Raises:
         ArtifactCheckError: a step failed (the message holds the output, or the server log's end).
@@ -193,23 +198,33 @@ def check_monailabel(artifact: str, image: str | None = None, work_dir: str | No
     app = prepared_app(python, work, artifact_path, name)
     studies, image_id = studies_with(image_path, work)
     label = work / "label.nii.gz"
+    weights = app / "model" / name / "models" / "model.pt"
+    shipped_weights = sha256(weights) if weights.is_file() else None
     with running_server(python, app, studies, name, work / "server.log") as url:
         output = run_step([str(python), str(Path(__file__).with_name("monailabel_client.py")), "--url", url,
-                           "--model", name, "--image", image_id, "--output", str(label)], env=venv_env(python))
+                           "--model", name, "--image", image_id, "--output", str(label),
+                           "--train_epochs", str(train_epochs)], env=venv_env(python))
     report = json.loads(output.strip().splitlines()[-1])
     problems = label_problems(label, image_path, metadata["network_data_format"]["outputs"]["pred"]["channel_def"])
+    if train_epochs and (not weights.is_file() or sha256(weights) == shipped_weights):
+        problems.append(f"training through /train/ did not write new weights to {weights}")
     if problems:
         raise ArtifactCheckError(f"{label}: " + "; ".join(problems))
     return report
 
 
-def main(artifact: str, image: str | None = None, work_dir: str | None = None, venv_root: str | None = None) -> None:
-    """``python -m tools.monailabel_check dist/<name>_v<version>.zip [--image CT] [--work_dir DIR]``."""
+def main(artifact: str, image: str | None = None, work_dir: str | None = None, venv_root: str | None = None,
+         train_epochs: int = 1) -> None:
+    """``python -m tools.monailabel_check dist/<name>_v<version>.zip [--image CT] [--work_dir DIR]
+    [--train_epochs N]``."""
     try:
-        report = check_monailabel(artifact, image=image, work_dir=work_dir, venv_root=venv_root)
+        report = check_monailabel(artifact, image=image, work_dir=work_dir, venv_root=venv_root,
+                                  train_epochs=train_epochs)
     except (ArtifactCheckError, FileNotFoundError, ValueError) as e:
         sys.exit(f"tools.monailabel_check: FAILED: {e}")
     print(f"OK  MONAI Label served {Path(artifact).name}: labels {report['labels']}, inference {report['infer']}")
+    if "train" in report:
+        print(f"OK  MONAI Label trained it for {train_epochs} epoch(s): {report['train'].get('status')}")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ repository's (it imports nothing from the repository).
 
 1. ``GET /info/``: the model is served and lists its labels;
 2. ``POST /infer/<model>?image=<id>``: the label volume of a study image, written to ``--output``;
-3. with ``--train_epochs N``: ``POST /train/<model>`` for N epochs, waits for the task to end, fails unless it ended
-   with ``DONE``.
+3. with ``--train_epochs N``: ``PUT /datastore/label`` submits that label volume as the image's final label (what an
+   annotator does after correcting it), then ``POST /train/<model>`` trains on it for N epochs (no validation split),
+   waits for the task to end and fails unless it ended with ``DONE``.
 
 Prints one JSON object: the model's labels from ``/info/``, the inference's result parameters and, when trained, the
 train task's final status.
@@ -27,6 +28,7 @@ import time
 from monailabel.client import MONAILabelClient
 
 TRAIN_POLL_SECONDS = 5
+TRAIN_PENDING = ("SUBMITTED", "RUNNING")  # MONAI Label's task states before DONE, ERROR or STOPPED
 
 
 def served_labels(client: MONAILabelClient, model: str) -> dict:
@@ -45,15 +47,15 @@ def infer(client: MONAILabelClient, model: str, image: str, output: str) -> dict
 
 
 def train(client: MONAILabelClient, model: str, epochs: int, timeout: float) -> dict:
-    """Train ``model`` for ``epochs`` epochs through ``/train/``; the final task status (``SystemExit`` unless DONE)."""
-    client.train_start(model, {"max_epochs": epochs, "val_interval": epochs, "multi_gpu": False})
+    """Train ``model`` for ``epochs`` epochs through ``/train/`` on the datastore's final labels, on the server's
+    default device, without validation; the final task status (``SystemExit`` unless DONE)."""
+    client.train_start(model, {"max_epochs": epochs, "val_split": 0, "multi_gpu": False})
     deadline = time.monotonic() + timeout
-    while client.train_status(check_if_running=True):
+    while (status := client.train_status()).get("status") in TRAIN_PENDING:
         if time.monotonic() > deadline:
             client.train_stop()
             sys.exit(f"training did not end within {timeout:.0f} s")
         time.sleep(TRAIN_POLL_SECONDS)
-    status = client.train_status()
     if status.get("status") != "DONE":
         sys.exit(f"training ended with {status.get('status')}: {json.dumps(status)[-2000:]}")
     return status
@@ -72,6 +74,7 @@ def main() -> None:
     client = MONAILabelClient(args.url)
     report = {"labels": served_labels(client, args.model), "infer": infer(client, args.model, args.image, args.output)}
     if args.train_epochs:
+        client.save_label(args.image, args.output, tag="final")
         report["train"] = train(client, args.model, args.train_epochs, args.train_timeout)
     print(json.dumps(report, default=str))
 
