@@ -64,7 +64,7 @@ def test_resume_continues_and_fresh_run_keeps_earlier_files(trained, tmp_path):
     state = torch.load(models / "checkpoint_final.pt", weights_only=False)
     assert state["trainer"]["max_epochs"] == 2 and state["trainer"]["iteration"] == 4
 
-    run_bundle([TRAIN, SMOKE], **overrides)  # fresh run: earlier files are moved, not overwritten
+    run_bundle([TRAIN, SMOKE], **overrides)  # fresh run: earlier files are archived, not overwritten
     archived = list((models / "previous").glob("*/model.pt"))
     assert len(archived) == 1 and (models / "model.pt").is_file()
 

@@ -11,13 +11,15 @@ from common.paths import bundle_root
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_fresh_run_moves_earlier_files_aside(tmp_path):
+def test_fresh_run_archives_earlier_files_moving_states_and_copying_weights(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"best")
     (tmp_path / "checkpoint_epoch=3.pt").write_bytes(b"state")
     assert prepare_checkpoint_dir(tmp_path, resume=False) is None
-    assert not list(tmp_path.glob("*.pt"))
+    assert [p.name for p in tmp_path.glob("*.pt")] == ["model.pt"]  # a fresh run may start from it
+    assert latest_checkpoint(tmp_path) is None
     (archive,) = (tmp_path / "previous").iterdir()
     assert (archive / "model.pt").read_bytes() == b"best"
+    assert (archive / "checkpoint_epoch=3.pt").read_bytes() == b"state"
 
 
 def test_resume_returns_newest_checkpoint(tmp_path):

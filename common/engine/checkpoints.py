@@ -7,7 +7,10 @@ A training bundle writes into ``<bundle>/models/``:
   epoch and when the run ends or is interrupted.
 
 ``--resume true`` continues from the newest ``checkpoint_*.pt``. A fresh run that finds earlier files
-moves them to ``models/previous/<timestamp>/`` and says so, so nothing is lost.
+archives them in ``models/previous/<timestamp>/`` and says so, so nothing is lost: the training states are moved
+there (a later ``--resume`` must not find them), the weights are copied and stay in place until the new run
+overwrites them, so the run can start from them (MONAI Label's bundle trainer loads ``models/model.pt`` before its
+first step).
 """
 
 from __future__ import annotations
@@ -54,9 +57,12 @@ def prepare_checkpoint_dir(ckpt_dir: str | Path, resume: bool = False) -> str | 
         archive = ckpt_dir / "previous" / time.strftime("%Y%m%d_%H%M%S")
         archive.mkdir(parents=True)
         for path in earlier:
-            shutil.move(str(path), archive / path.name)
+            if path.match(CHECKPOINT_GLOB):
+                shutil.move(str(path), archive / path.name)
+            else:
+                shutil.copy2(path, archive / path.name)
         logger.warning(
-            "%s held files of an earlier run (%s); moved them to %s. Use --resume true to continue a run instead.",
+            "%s held files of an earlier run (%s); archived them in %s. Use --resume true to continue a run instead.",
             ckpt_dir,
             ", ".join(p.name for p in earlier),
             archive,
