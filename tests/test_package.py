@@ -15,7 +15,7 @@ from monai.bundle import ConfigParser
 from tools import package as tools_package
 from tools.check_artifact import check_artifact, pinned_requirements
 from tools.monailabel_check import check_monailabel
-from tools.package import package
+from tools.package import WEIGHTS_SETTINGS, package
 from tools.releases import fingerprint, read_releases, release_problems
 from tools.verify import check_metadata
 
@@ -39,16 +39,26 @@ def set_version(bundle: Path, version: str) -> None:
     path.write_text(json.dumps(metadata, indent=4) + "\n")
 
 
+def network_weights(bundle: Path, path: Path, settings: dict, *overlays: str) -> Path:
+    """The state dict (random weights) of the bundle's ``network_def`` of ``inference.json`` merged with the
+    ``overlays`` config files (e.g. ``smoke.json``) under ``settings``, saved to ``path``."""
+    parser = ConfigParser()
+    parser.read_meta(str(bundle / "configs" / "metadata.json"))
+    parser.read_config([str(bundle / "configs" / name) for name in ("inference.json", *overlays)])
+    parser.update(settings)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    return path
+
+
 @pytest.fixture
 def bundle(tmp_path):
     return copy_bundle("ct_slice_classification", tmp_path / "src")
 
 
 @pytest.fixture
-def weights(tmp_path):
-    path = tmp_path / "weights.pt"
-    torch.save({"fc.weight": torch.randn(2, 4), "fc.bias": torch.zeros(2)}, path)
-    return path
+def weights(bundle, tmp_path):
+    """Weights that fit the bundle's network under the default settings of an artifact with weights."""
+    return network_weights(bundle, tmp_path / "weights.pt", WEIGHTS_SETTINGS)
 
 
 def test_artifact_layout_and_model_info(bundle, weights, tmp_path):
@@ -67,7 +77,10 @@ def test_artifact_layout_and_model_info(bundle, weights, tmp_path):
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     with zipfile.ZipFile(artifact) as archive:
         assert archive.read(prefix + "models/model.pt") == weights.read_bytes()
-        assert archive.read(prefix + "configs/train.json") == (bundle / "configs" / "train.json").read_bytes()
+        assert archive.read(prefix + "docs/README.md") == (bundle / "docs" / "README.md").read_bytes()
+        for config in ("train.json", "inference.json"):  # frozen to the papers' sizes, else unchanged
+            expected_config = {**json.loads((bundle / "configs" / config).read_text()), "cpu_demo_scale": False}
+            assert json.loads(archive.read(prefix + "configs/" + config)) == expected_config
 
     info = json.loads((tmp_path / "dist" / "model_info.json").read_text())
     entry = info[f"ct_slice_classification_v{version}"]
@@ -141,6 +154,34 @@ def test_refuses_bad_bundles_and_weights(bundle, tmp_path):
         package(str(bundle), dist=str(tmp_path / "d"), releases=tmp_path / "r.json")
 
 
+def test_settings_go_into_every_config_that_defines_them(tmp_path):
+    bundle = copy_bundle("btcv_segmentation", tmp_path / "src")
+    artifact = package(str(bundle), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json",
+                       settings={"arch": "mim", "cpu_demo_scale": True})
+    with zipfile.ZipFile(artifact) as archive:
+        for path in sorted((bundle / "configs").glob("*.json")):
+            config = json.loads(archive.read(f"btcv_segmentation/configs/{path.name}"))
+            original = json.loads(path.read_text())
+            expected = {**original, **{k: v for k, v in {"arch": "mim", "cpu_demo_scale": True}.items() if k in original}}
+            assert config == expected, path.name
+    with pytest.raises(ValueError, match=r"settings \['no_such_id'\] are not top-level ids"):
+        package(str(bundle), dist=str(tmp_path / "dist2"), releases=tmp_path / "r.json", settings={"no_such_id": 1})
+
+
+def test_weights_must_fit_the_network_of_the_settings(tmp_path):
+    """Weights of a CPU demo run are refused under the default settings (the papers' sizes) and accepted with
+    ``cpu_demo_scale`` set to what they were trained with."""
+    bundle = copy_bundle("btcv_segmentation", tmp_path / "src")
+    demo = {"cpu_demo_scale": True}
+    weights = network_weights(bundle, tmp_path / "demo.pt", demo)
+    with pytest.raises(ValueError, match="do not fit the network of train.json with settings {'cpu_demo_scale': False}"):
+        package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json")
+    artifact = package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json",
+                       settings=demo)
+    with zipfile.ZipFile(artifact) as archive:
+        assert json.loads(archive.read("btcv_segmentation/configs/inference.json"))["cpu_demo_scale"] is True
+
+
 def test_cli_exits_with_the_reason(bundle, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("tools.releases.RELEASES_FILE", tmp_path / "releases.json")
     (bundle / "LICENSE").unlink()
@@ -155,25 +196,16 @@ def test_artifact_environment_pins_the_metadata_versions():
     assert all(f"{name}=={version}" in pins for name, version in metadata["required_packages_version"].items())
 
 
-def network_weights(bundle: Path, path: Path, *overrides: str) -> Path:
-    """The state dict of the bundle's ``network_def`` (random weights) of ``inference.json`` merged with the
-    ``overrides`` config files (e.g. ``smoke.json``), saved to ``path``."""
-    parser = ConfigParser()
-    parser.read_meta(str(bundle / "configs" / "metadata.json"))
-    parser.read_config([str(bundle / "configs" / name) for name in ("inference.json", *overrides)])
-    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
-    return path
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("name", ["btcv_segmentation", "mim_pretrain"])
 def test_unpacked_artifact_runs_on_its_own(name, tmp_path):
     """The issue's check, for one downstream and one pre-training bundle: a fresh environment with only the
     metadata's pins, ``monai.bundle download --url file://``, inference with the shipped weights, smoke training."""
     bundle = copy_bundle(name, tmp_path / "src")
-    weights = network_weights(bundle, tmp_path / "model.pt", "smoke.json") if name == "btcv_segmentation" else None
+    demo = {"cpu_demo_scale": True}
+    weights = network_weights(bundle, tmp_path / "model.pt", demo, "smoke.json") if name == "btcv_segmentation" else None
     artifact = package(str(bundle), weights=weights and str(weights), dist=str(tmp_path / "dist"),
-                       releases=tmp_path / "releases.json")
+                       releases=tmp_path / "releases.json", settings=demo if weights else None)
     steps = check_artifact(str(artifact), work_dir=str(tmp_path / "unpacked"))
 
     unpacked = tmp_path / "unpacked" / name
@@ -181,16 +213,19 @@ def test_unpacked_artifact_runs_on_its_own(name, tmp_path):
     assert (unpacked / "models" / "model.pt").is_file()
     if weights is not None:
         assert len(list((unpacked / "eval" / "predictions").rglob("*_seg.nii.gz"))) > 0
-        assert list((unpacked / "models" / "previous").rglob("model.pt"))  # the shipped weights, moved aside by training
+        assert list((unpacked / "models" / "previous").rglob("model.pt"))  # the shipped weights, archived by training
 
 
 @pytest.mark.integration
 def test_monailabel_serves_the_packaged_bundle(tmp_path, shared_data):
     """MONAI Label's ``monaibundle`` app with the packaged ``btcv_segmentation`` (untrained weights of the default
-    network): ``/info/`` lists the organs of ``channel_def``, ``/infer`` returns a label map of a real CT."""
+    network at CPU demo size, 4 mm voxels to keep it quick): ``/info/`` lists the organs of ``channel_def``,
+    ``/infer`` returns a label map of a real CT, ``/train/`` trains on it for an epoch."""
     bundle = copy_bundle("btcv_segmentation", tmp_path / "src")
-    weights = network_weights(bundle, tmp_path / "model.pt")
-    artifact = package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json")
+    settings = {"cpu_demo_scale": True, "pixdim": [4.0, 4.0, 4.0]}
+    weights = network_weights(bundle, tmp_path / "model.pt", settings)
+    artifact = package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json",
+                       settings=settings)
 
     image = shared_data / "totalsegmentator" / "example_ct_sm.nii.gz"
     report = check_monailabel(str(artifact), image=str(image), work_dir=str(tmp_path / "work"))
@@ -199,3 +234,4 @@ def test_monailabel_serves_the_packaged_bundle(tmp_path, shared_data):
     channel_def = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
     assert report["labels"] == {name.lower(): int(index) for index, name in channel_def.items() if index != "0"}
     assert (tmp_path / "work" / "label.nii.gz").is_file()  # shape and labels checked by check_monailabel
+    assert report["train"]["status"] == "DONE"  # and the final training state written, checked by check_monailabel

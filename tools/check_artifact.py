@@ -4,7 +4,7 @@ the packages its ``metadata.json`` pins.
 ::
 
     python -m tools.package bundles/btcv_segmentation --weights bundles/btcv_segmentation/models/model.pt
-    python -m tools.check_artifact dist/btcv_segmentation_v0.5.0.zip
+    python -m tools.check_artifact dist/btcv_segmentation_v0.5.1.zip
 
 Steps, each a subprocess of the environment's own Python with the bundle folder as working directory:
 

@@ -3,7 +3,7 @@
 ::
 
     python -m tools.package bundles/btcv_segmentation --weights bundles/btcv_segmentation/models/model.pt
-    python -m tools.monailabel_check dist/btcv_segmentation_v0.5.0.zip
+    python -m tools.monailabel_check dist/btcv_segmentation_v0.5.1.zip
 
 Steps:
 
@@ -24,8 +24,10 @@ Steps:
    label volume for the CT; with ``train_epochs`` (default 1) the client submits that volume as the CT's final label
    and ``/train/<model>`` runs MONAI Label's bundle trainer (``BundleTrainTask``: the bundle's ``train.json``, its
    ``run`` section only, on the server's device, CPU here) for that many epochs.
-6. The label volume has the CT's shape and only labels of the bundle's ``channel_def``; after training, the app's
-   ``models/model.pt`` holds new weights.
+6. The label volume has the CT's shape and only labels of the bundle's ``channel_def``; after training, the bundle's
+   final training state (``models/checkpoint_final.pt``) has run ``train_epochs`` epochs. (``models/model.pt``, the
+   weights the server serves, is replaced when a validation improves the key metric, every ``val_interval`` epochs,
+   on the validation split MONAI Label makes of the labelled studies; the check trains on its one study.)
 7. The server is stopped (SIGINT to its process group, SIGKILL after a grace period) whatever happened.
 
 The server's log is ``<work_dir>/server.log``; a failing step names it.
@@ -50,6 +52,7 @@ from pathlib import Path
 import fire
 import nibabel as nib
 import numpy as np
+import torch
 
 from tools.check_artifact import (
     ArtifactCheckError,
@@ -58,7 +61,6 @@ from tools.check_artifact import (
     prepared_venv,
     run_step,
 )
-from tools.package import sha256
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV_ROOT = REPO_ROOT / ".cache" / "monailabel_venvs"
@@ -82,6 +84,21 @@ def venv_env(python: Path) -> dict[str, str]:
     return env
 
 
+def monailabel_command(python: Path) -> list[str]:
+    """The ``monailabel`` command line of the environment of ``python``: ``python -m monailabel.main``, which is what
+    MONAI Label's ``monailabel`` script runs. The script and the sample apps are data files of the wheel, in a folder
+    named with the wheel's build tag (``monailabel-0.8.5-<build>.data``), which uv leaves inside ``site-packages``
+    instead of installing them."""
+    return [str(python), "-m", "monailabel.main"]
+
+
+def sample_apps_prefix(python: Path) -> list[str]:
+    """``--prefix`` for ``monailabel apps`` when the sample apps were left in the wheel's data folder
+    (:func:`monailabel_command`); none when they are where pip puts them, under the environment's prefix."""
+    data = sorted(python.parent.parent.glob("lib/python*/site-packages/monailabel-*.data/data"))
+    return ["--prefix", str(data[0])] if data else []
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -91,9 +108,8 @@ def free_port() -> int:
 
 def prepared_app(python: Path, work_dir: Path, artifact: Path, bundle_name: str) -> Path:
     """The ``monaibundle`` sample app in ``work_dir/apps``, with ``artifact`` unpacked in its ``model/`` folder."""
-    monailabel = python.parent / "monailabel"
-    run_step([str(monailabel), "apps", "--download", "--name", APP, "--output", str(work_dir / "apps")],
-             env=venv_env(python))
+    run_step([*monailabel_command(python), "apps", "--download", "--name", APP, "--output", str(work_dir / "apps"),
+              *sample_apps_prefix(python)], env=venv_env(python))
     app = work_dir / "apps" / APP
     with zipfile.ZipFile(artifact) as archive:
         archive.extractall(app / "model")
@@ -147,7 +163,7 @@ def running_server(python: Path, app: Path, studies: Path, model: str, log: Path
     """``monailabel start_server`` serving ``model`` of ``app`` on 127.0.0.1; yields its URL, stops it on exit."""
     port = free_port()
     command = [
-        str(python.parent / "monailabel"), "start_server", "--app", str(app), "--studies", str(studies),
+        *monailabel_command(python), "start_server", "--app", str(app), "--studies", str(studies),
         "--host", "127.0.0.1", "--port", str(port),
         "--conf", "models", model, "--conf", "zoo_source", "github", "--conf", "sam2", "false",
         "--conf", "preload", "false",
@@ -176,6 +192,17 @@ def label_problems(label: Path, image: Path, channel_def: dict) -> list[str]:
     return problems
 
 
+def training_problems(state: Path, epochs: int) -> list[str]:
+    """Why ``state`` is not the final training state of a run of ``epochs`` epochs."""
+    if not state.is_file():
+        return [f"training through /train/ wrote no {state}"]
+    trainer = torch.load(state, map_location="cpu", weights_only=True)["trainer"]  # ignite's Engine.state_dict()
+    done = trainer["iteration"] / trainer["epoch_length"]
+    if trainer["max_epochs"] != epochs or done != epochs:
+        return [f"{state} ran {done:g} of {trainer['max_epochs']} epochs, not the {epochs} asked for"]
+    return []
+
+
 def check_monailabel(artifact: str, image: str | None = None, work_dir: str | None = None,
                      venv_root: str | None = None, train_epochs: int = 1) -> dict:
     """Serve ``artifact`` with MONAI Label, run one inference through its REST API and, unless ``train_epochs`` is 0,
@@ -198,16 +225,14 @@ def check_monailabel(artifact: str, image: str | None = None, work_dir: str | No
     app = prepared_app(python, work, artifact_path, name)
     studies, image_id = studies_with(image_path, work)
     label = work / "label.nii.gz"
-    weights = app / "model" / name / "models" / "model.pt"
-    shipped_weights = sha256(weights) if weights.is_file() else None
     with running_server(python, app, studies, name, work / "server.log") as url:
         output = run_step([str(python), str(Path(__file__).with_name("monailabel_client.py")), "--url", url,
                            "--model", name, "--image", image_id, "--output", str(label),
                            "--train_epochs", str(train_epochs)], env=venv_env(python))
     report = json.loads(output.strip().splitlines()[-1])
     problems = label_problems(label, image_path, metadata["network_data_format"]["outputs"]["pred"]["channel_def"])
-    if train_epochs and (not weights.is_file() or sha256(weights) == shipped_weights):
-        problems.append(f"training through /train/ did not write new weights to {weights}")
+    if train_epochs:
+        problems += training_problems(app / "model" / name / "models" / "checkpoint_final.pt", train_epochs)
     if problems:
         raise ArtifactCheckError(f"{label}: " + "; ".join(problems))
     return report

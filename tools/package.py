@@ -5,6 +5,7 @@
     python -m tools.package bundles/btcv_segmentation                                  # configs and docs only
     python -m tools.package bundles/btcv_segmentation --weights bundles/btcv_segmentation/models/model.pt
     python -m tools.package bundles/mim_pretrain --dist /releases --source_url https://example.org/releases
+    python -m tools.package bundles/btcv_segmentation --weights model.pt --settings "{'cpu_demo_scale': True}"
 
 writes ``<dist>/<name>_v<version>.zip`` (``dist/`` of the repository unless ``--dist`` names another) holding one
 top-level folder ``<name>/``::
@@ -24,6 +25,14 @@ fingerprint go into ``bundles/releases.json`` (:mod:`tools.releases`), against w
 Before packaging, the bundle must pass ``tools.verify``'s file, metadata and config checks, and the version must be
 new or the same as the last packaged one with unchanged files; an artifact of that name with other bytes is never
 overwritten (bump the version instead).
+
+Settings. The bundles size their networks at run time (``cpu_demo_scale``: small on a machine without CUDA), so a
+checkpoint only fits the configs under the settings it was trained with. ``--settings`` (a dict of top-level config
+ids) writes values into every config of the artifact that defines them; with ``--weights`` it defaults to
+``{"cpu_demo_scale": false}`` (the papers' network sizes, whatever machine later runs the artifact), and the weights
+must load strictly into the network ``train.json`` builds under those settings (``network_def``, or ``method`` for a
+pre-training bundle). Weights of a CPU demo run or of another architecture need e.g.
+``--settings "{'cpu_demo_scale': True, 'arch': 'mim'}"``.
 """
 
 from __future__ import annotations
@@ -32,10 +41,12 @@ import hashlib
 import json
 import sys
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import fire
 import torch
+from monai.bundle import ConfigParser
 
 from common.transfer import STATE_DICT_KEYS, extract_state_dict
 from tools.releases import bundle_files, fingerprint, record_release, release_problems
@@ -48,32 +59,38 @@ MODEL_INFO = "model_info.json"
 # Fixed entry attributes of a reproducible zip: the earliest time a zip can store, rw-r--r-- regular files.
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 ZIP_FILE_MODE = 0o100644 << 16
+# Settings frozen into an artifact that ships weights unless others are given: the papers' network sizes.
+WEIGHTS_SETTINGS = {"cpu_demo_scale": False}
 
 
-def artifact_entries(bundle: Path, weights: Path | None = None) -> dict[str, Path]:
-    """Archive name -> source file of every file in the artifact of ``bundle``, names sorted.
+def artifact_entries(bundle: Path, weights: Path | None = None, configs: Mapping[str, bytes] | None = None
+                     ) -> dict[str, bytes]:
+    """Archive name -> content of every file in the artifact of ``bundle``, names sorted.
 
     Args:
         bundle: the bundle folder (``bundles/<name>``).
         weights: a checkpoint to ship as ``models/model.pt``.
+        configs: contents that replace the bundle's own files, by name inside the bundle (:func:`configs_with`).
     """
     name = bundle.name
-    entries = {f"{name}/{path.relative_to(bundle).as_posix()}": path for path in bundle_files(bundle)}
-    for path in COMMON_DIR.rglob("*.py"):
-        entries[f"{name}/common/{path.relative_to(COMMON_DIR).as_posix()}"] = path
+    files = {path.relative_to(bundle).as_posix(): path for path in bundle_files(bundle)}
+    files.update({f"common/{path.relative_to(COMMON_DIR).as_posix()}": path for path in COMMON_DIR.rglob("*.py")})
     if weights is not None:
-        entries[f"{name}/models/model.pt"] = weights
+        files["models/model.pt"] = weights
+    entries = {f"{name}/{inner}": path.read_bytes() for inner, path in files.items()}
+    entries.update({f"{name}/{inner}": content for inner, content in (configs or {}).items()})
     return dict(sorted(entries.items()))
 
 
-def write_reproducible_zip(entries: dict[str, Path], path: Path) -> None:
-    """Write ``entries`` (archive name -> file) to the zip ``path``; the bytes depend on the names and contents only."""
+def write_reproducible_zip(entries: dict[str, bytes], path: Path) -> None:
+    """Write ``entries`` (archive name -> content) to the zip ``path``; the bytes depend on the names and contents
+    only."""
     with zipfile.ZipFile(path, "w") as archive:
-        for arcname, source in entries.items():
+        for arcname, content in entries.items():
             info = zipfile.ZipInfo(arcname, date_time=ZIP_DATE_TIME)
             info.external_attr = ZIP_FILE_MODE
             info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, source.read_bytes(), compresslevel=9)
+            archive.writestr(info, content, compresslevel=9)
 
 
 def sha256(path: Path) -> str:
@@ -102,6 +119,42 @@ def check_weights(weights: Path) -> None:
         raise ValueError(f"--weights {weights} holds no state dict (at the top level or under {STATE_DICT_KEYS})")
 
 
+def configs_with(bundle: Path, settings: Mapping) -> dict[str, bytes]:
+    """The bundle's JSON configs that define a top-level id of ``settings``, with those ids set to the settings'
+    values: name inside the bundle (``configs/<file>``) -> new content.
+
+    Raises:
+        ValueError: a setting is not a top-level id of any config.
+    """
+    changed, unknown = {}, set(settings)
+    for path in sorted((bundle / "configs").glob("*.json")):
+        config = read_json(path)
+        ids = [key for key in settings if key in config] if path.name != "metadata.json" else []
+        if ids:
+            config.update({key: settings[key] for key in ids})
+            changed[f"configs/{path.name}"] = (json.dumps(config, indent=4) + "\n").encode()
+            unknown -= set(ids)
+    if unknown:
+        raise ValueError(f"settings {sorted(unknown)} are not top-level ids of any config in {bundle / 'configs'}")
+    return changed
+
+
+def weights_problem(bundle: Path, weights: Path, settings: Mapping) -> str | None:
+    """Why ``weights`` do not load strictly into the network that ``configs/train.json`` trains under ``settings``
+    (its ``network_def``, or ``method`` for a pre-training bundle); None when they do."""
+    parser = ConfigParser()
+    parser.read_meta(str(bundle / "configs" / "metadata.json"))
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update({"bundle_root": str(bundle), **settings})
+    network = parser.get_parsed_content("network_def" if "network_def" in parser else "method")
+    state = extract_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as e:
+        return f"--weights {weights} do not fit the network of train.json with settings {dict(settings)}: {e}"
+    return None
+
+
 def bundle_problems(bundle: Path, releases: Path | None = None) -> list[str]:
     """What stops ``bundle`` from being packaged: failed ``tools.verify`` checks and release record conflicts."""
     problems = [f"{r.check}: {r.detail}" for r in (check_files(bundle), check_metadata(bundle), check_configs(bundle))
@@ -126,6 +179,7 @@ def package(
     dist: str | None = None,
     source_url: str | None = None,
     releases: Path | None = None,
+    settings: Mapping | None = None,
 ) -> Path:
     """Write the artifact ``<dist>/<name>_v<version>.zip`` of ``bundle`` and record it; returns its path.
 
@@ -135,17 +189,25 @@ def package(
         dist: output folder, default ``<repository>/dist``.
         source_url: where the artifact will be published (a folder URL); default the zip's ``file://`` URI.
         releases: the release record to check and update (:data:`tools.releases.RELEASES_FILE`).
+        settings: top-level config ids written into the artifact's configs (module docstring); with ``weights`` the
+            default is :data:`WEIGHTS_SETTINGS`.
 
     Raises:
-        ValueError: the bundle fails a check, or an artifact of the same version with other bytes exists.
+        ValueError: the bundle fails a check, a setting is no config id, the weights do not fit the network, or an
+            artifact of the same version with other bytes exists.
     """
     bundle_dir = Path(bundle).resolve()
     problems = bundle_problems(bundle_dir, releases)
     if problems:
         raise ValueError(f"cannot package {bundle_dir}: " + "; ".join(problems))
     weights_path = Path(weights).resolve() if weights else None
+    settings = dict(WEIGHTS_SETTINGS if weights_path and settings is None else settings or {})
+    configs = configs_with(bundle_dir, settings)
     if weights_path is not None:
         check_weights(weights_path)
+        problem = weights_problem(bundle_dir, weights_path, settings)
+        if problem:
+            raise ValueError(problem)
     version = read_json(bundle_dir / "configs" / "metadata.json")["version"]
     key = f"{bundle_dir.name}_v{version}"
     dist_dir = Path(dist).resolve() if dist else DEFAULT_DIST
@@ -153,7 +215,7 @@ def package(
     artifact = dist_dir / f"{key}.zip"
 
     staged = artifact.with_suffix(".zip.partial")
-    write_reproducible_zip(artifact_entries(bundle_dir, weights_path), staged)
+    write_reproducible_zip(artifact_entries(bundle_dir, weights_path, configs), staged)
     checksum = sha256(staged)
     if artifact.is_file() and sha256(artifact) != checksum:
         staged.unlink()
@@ -169,10 +231,11 @@ def package(
     return artifact
 
 
-def main(bundle: str, weights: str | None = None, dist: str | None = None, source_url: str | None = None) -> None:
-    """``python -m tools.package bundles/<name> [--weights PATH] [--dist DIR] [--source_url URL]``."""
+def main(bundle: str, weights: str | None = None, dist: str | None = None, source_url: str | None = None,
+         settings: dict | None = None) -> None:
+    """``python -m tools.package bundles/<name> [--weights PATH] [--dist DIR] [--source_url URL] [--settings DICT]``."""
     try:
-        artifact = package(bundle, weights=weights, dist=dist, source_url=source_url)
+        artifact = package(bundle, weights=weights, dist=dist, source_url=source_url, settings=settings)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"tools.package: {e}")
     print(f"{artifact} ({artifact.stat().st_size / 1e6:.1f} MB, sha256 {sha256(artifact)})")
