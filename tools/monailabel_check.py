@@ -74,6 +74,12 @@ SERVER_STOP_GRACE = 30
 LOG_TAIL = 4000
 
 
+def monailabel_requirements(metadata: dict) -> list[str]:
+    """The environment's requirements for an artifact of ``metadata`` (step 1 of the module docstring), sorted."""
+    return sorted([*MONAILABEL_REQUIREMENTS, f"torch==={metadata['pytorch_version']}",
+                   f"monai=={metadata['monai_version']}", *metadata.get("required_packages_version", {})])
+
+
 def venv_env(python: Path) -> dict[str, str]:
     """:func:`isolated_env` with the environment of ``python`` activated: the ``monailabel`` script and the server's
     subprocesses run ``python`` from ``PATH`` (or ``$MONAILABEL_PYEXE``)."""
@@ -217,9 +223,7 @@ def check_monailabel(artifact: str, image: str | None = None, work_dir: str | No
     if not image_path.is_file():
         raise FileNotFoundError(f"CT image {image_path} does not exist")
     name, metadata = artifact_metadata(artifact_path)
-    requirements = sorted([*MONAILABEL_REQUIREMENTS, f"torch==={metadata['pytorch_version']}",
-                           f"monai=={metadata['monai_version']}", *metadata.get("required_packages_version", {})])
-    python = prepared_venv(requirements, Path(venv_root) if venv_root else DEFAULT_VENV_ROOT)
+    python = prepared_venv(monailabel_requirements(metadata), Path(venv_root) if venv_root else DEFAULT_VENV_ROOT)
 
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="monailabel_check_"))
     app = prepared_app(python, work, artifact_path, name)
