@@ -48,8 +48,9 @@ def _run_as_main(module: str, args: list[str], cwd: str, env: dict, stdout: str,
 
 def run_module(module: str, *args: str, cwd: Path = REPO_ROOT, env: Mapping[str, str] | None = None,
                timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
-    """Run ``python -m module *args`` in ``cwd`` with ``env`` (default :func:`default_env`) and wait for it; its return code and output as :func:`subprocess.run` with ``capture_output=True, text=True`` gives
-    them. A run still going after ``timeout`` seconds is killed and reported with return code -9."""
+    """Run ``python -m module *args`` in ``cwd`` with ``env`` (default :func:`default_env`) and wait for it; its
+    return code and output as :func:`subprocess.run` with ``capture_output=True, text=True`` gives them. A run still
+    going after ``timeout`` seconds is killed and reported with return code -9."""
     with tempfile.TemporaryDirectory() as outputs:
         stdout, stderr = Path(outputs) / "stdout", Path(outputs) / "stderr"
         process = _context.Process(target=_run_as_main, args=(module, list(args), str(cwd),

@@ -21,7 +21,7 @@ Steps:
 4. ``monailabel start_server`` on ``127.0.0.1`` and a free port, with the bundle as the only model, no zoo
    download (``zoo_source github``: local bundles only) and no SAM2 (it would download weights).
 5. :mod:`tools.monailabel_client` in that environment: ``/info/`` lists the model, ``/infer/<model>`` returns a
-   label volume for the CT; with ``train_epochs`` (default 1) the client submits that volume as the CT's final label
+   label volume for the CT; with ``train_epochs`` (default 2) the client submits that volume as the CT's final label
    and ``/train/<model>`` runs MONAI Label's bundle trainer (``BundleTrainTask``: the bundle's ``train.json``, its
    ``run`` section only, on the server's device, CPU here) for that many epochs.
 6. The label volume has the CT's shape and only labels of the bundle's ``channel_def``; after training, the bundle's
@@ -210,7 +210,7 @@ def training_problems(state: Path, epochs: int) -> list[str]:
 
 
 def check_monailabel(artifact: str, image: str | None = None, work_dir: str | None = None,
-                     venv_root: str | None = None, train_epochs: int = 1) -> dict:
+                     venv_root: str | None = None, train_epochs: int = 2) -> dict:
     """Serve ``artifact`` with MONAI Label, run one inference through its REST API and, unless ``train_epochs`` is 0,
     train on the returned label; returns the client's report.
 
@@ -243,7 +243,7 @@ def check_monailabel(artifact: str, image: str | None = None, work_dir: str | No
 
 
 def main(artifact: str, image: str | None = None, work_dir: str | None = None, venv_root: str | None = None,
-         train_epochs: int = 1) -> None:
+         train_epochs: int = 2) -> None:
     """``python -m tools.monailabel_check dist/<name>_v<version>.zip [--image CT] [--work_dir DIR]
     [--train_epochs N]``."""
     try:

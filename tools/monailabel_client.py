@@ -5,7 +5,7 @@ repository's (it imports nothing from the repository).
 ::
 
     python tools/monailabel_client.py --url http://127.0.0.1:8000 --model btcv_segmentation \\
-        --image example_ct_sm --output /tmp/label.nii.gz [--train_epochs 1]
+        --image example_ct_sm --output /tmp/label.nii.gz [--train_epochs 2]
 
 1. ``GET /info/``: the model is served and lists its labels;
 2. ``POST /infer/<model>?image=<id>``: the label volume of a study image, written to ``--output``;
