@@ -197,7 +197,7 @@ def test_artifact_environment_pins_the_metadata_versions():
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name", ["btcv_segmentation", "mim_pretrain"])
-def test_unpacked_artifact_runs_on_its_own(name, tmp_path, artifact_environments):
+def test_unpacked_artifact_runs_on_its_own(name, tmp_path):
     """The issue's check, for one downstream and one pre-training bundle: a fresh environment with only the
     metadata's pins, ``monai.bundle download --url file://``, inference with the shipped weights, smoke training."""
     bundle = copy_bundle(name, tmp_path / "src")
@@ -217,7 +217,7 @@ def test_unpacked_artifact_runs_on_its_own(name, tmp_path, artifact_environments
 
 
 @pytest.mark.integration
-def test_monailabel_serves_the_packaged_bundle(tmp_path, shared_data, artifact_environments):
+def test_monailabel_serves_the_packaged_bundle(tmp_path, shared_data):
     """MONAI Label's ``monaibundle`` app with the packaged ``btcv_segmentation`` (untrained weights of the default
     network at CPU demo size, 4 mm voxels to keep it quick): ``/info/`` lists the organs of ``channel_def``,
     ``/infer`` returns a label map of a real CT, ``/train/`` trains on it for two epochs (one step each)."""
