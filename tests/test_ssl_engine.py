@@ -6,12 +6,14 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from ignite.engine import Events
 from mlflow.tracking import MlflowClient
 from monai.handlers import CheckpointLoader, CheckpointSaver, MLFlowHandler
 from PIL import Image
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.utils.data import DataLoader
 
 from common.engine import (
@@ -146,6 +148,38 @@ def test_gradient_accumulation_matches_one_step_on_the_larger_batch():
     steps = record(three, Events.ITERATION_COMPLETED, lambda e: e.state.optimizer_steps)
     three.run()
     assert steps == [0, 1, 2, 2, 3, 4]
+
+
+@pytest.fixture
+def single_process_group():
+    """A one-process gloo group: enough for DistributedDataParallel's gradient all-reduce and its hooks."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_distributed_accumulation_all_reduces_once_per_optimizer_step(single_process_group):
+    torch.manual_seed(0)
+    plain, wrapped = ToyAutoencoder(), ToyAutoencoder()
+    wrapped.load_state_dict(plain.state_dict())
+    distributed = nn.parallel.DistributedDataParallel(wrapped)
+    reduced_buckets = []
+
+    def counting_allreduce(process_group, bucket):
+        reduced_buckets.append(bucket.index())
+        return allreduce_hook(process_group, bucket)
+
+    distributed.register_comm_hook(None, counting_allreduce)
+    # 3 iterations per epoch in windows of 2: optimizer steps after iterations 2, 3, 5 and 6
+    trainers = [
+        make_trainer(method, loader(3, batch_size=1), max_epochs=2, accumulation_steps=2)
+        for method in (plain, distributed)
+    ]
+    for trainer in trainers:
+        trainer.run()
+    assert trainers[1].state.optimizer_steps == 4
+    assert len(reduced_buckets) == 4 * len(set(reduced_buckets))
+    torch.testing.assert_close(flat_parameters(wrapped), flat_parameters(plain))
 
 
 @pytest.mark.parametrize("clip", [None, 1.0])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -94,7 +95,8 @@ class SelfSupervisedTrainer(Trainer):
             before each optimizer step; ``None`` does not clip.
         accumulation_steps: accumulate gradients over this many iterations (each loss divided by it) before
             one optimizer step and ``zero_grad``; a shorter last window of an epoch is stepped at the end of
-            the epoch. With an unknown epoch length (iterable data) a window may span two epochs.
+            the epoch. With an unknown epoch length (iterable data) a window may span two epochs. A
+            ``DistributedDataParallel`` method all-reduces the gradients once per window, in its last backward pass.
         train_handlers: handlers with ``attach(engine)``, attached after everything above is set up, so they
             may read ``engine.method``, ``engine.optimizer``, ``engine.accumulation_steps`` and
             ``engine.state.epoch_length`` / ``max_epochs`` when attached.
@@ -173,15 +175,20 @@ class SelfSupervisedTrainer(Trainer):
         engine.method.train()
         if engine._micro_batches == 0:
             engine.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(engine.state.device.type, dtype=engine.amp_dtype, enabled=engine.amp):
-            result = engine.method(batch)
-        losses = engine._loss_values(result)
-        loss = result[LOSS] / engine.accumulation_steps
-        (engine.scaler.scale(loss) if engine.scaler is not None else loss).backward()
         engine._micro_batches += 1
         epoch_length = engine.state.epoch_length
         epoch_ends = epoch_length is not None and engine.state.iteration % epoch_length == 0
-        if engine._micro_batches == engine.accumulation_steps or epoch_ends:
+        steps = engine._micro_batches == engine.accumulation_steps or epoch_ends
+        # DistributedDataParallel all-reduces the gradients in every backward pass unless forward and backward run
+        # under its no_sync: only the window's last pass needs to.
+        skip_sync = not steps and isinstance(engine.method, nn.parallel.DistributedDataParallel)
+        with engine.method.no_sync() if skip_sync else nullcontext():
+            with torch.autocast(engine.state.device.type, dtype=engine.amp_dtype, enabled=engine.amp):
+                result = engine.method(batch)
+            losses = engine._loss_values(result)
+            loss = result[LOSS] / engine.accumulation_steps
+            (engine.scaler.scale(loss) if engine.scaler is not None else loss).backward()
+        if steps:
             engine._optimizer_step()
         output: dict[str, Any] = dict(losses)
         if IMAGES in result:
