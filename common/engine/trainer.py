@@ -146,7 +146,7 @@ class SelfSupervisedTrainer(Trainer):
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.state.optimizer_steps = 0
         self.state_dict_user_keys.append("optimizer_steps")
-        self._micro_batches = 0  # backward passes since the last optimizer step
+        self._micro_batches = 0  # passes of the current accumulation window, the running one included
         if train_handlers is not None:
             self._register_handlers(train_handlers)
 
