@@ -23,7 +23,9 @@ from common.data.datalist import (
 from common.data.demo import BTCV_LABELS, ensure_demo_data, generate_phantom
 from common.data.demo_classification import ensure_classification_demo_data
 from common.data.dicom import DicomSeriesReader
-from common.data.errors import DatalistError
+from common.data.errors import BadInputError, BadInputPolicy, DatalistError, UnreadableFileError
+from common.data.nifti import VerifiedNibabelReader
+from common.data.screening import screen_datalist, screen_splits
 # The 2D modules import common.transforms, which imports the modules above: they come last.
 from common.data.slices import ensure_slice_demo_data, slice_datalist
 from common.data.demo_slices_classification import ensure_slice_classification_demo_data
@@ -35,9 +37,13 @@ from common.data.slice_classification import (
 
 __all__ = [
     "BTCV_LABELS",
+    "BadInputError",
+    "BadInputPolicy",
     "ClassProbabilityWriter",
     "DatalistError",
     "DicomSeriesReader",
+    "UnreadableFileError",
+    "VerifiedNibabelReader",
     "class_names",
     "classification_datalist",
     "classification_split",
@@ -55,6 +61,8 @@ __all__ = [
     "inference_datalist",
     "intensity_statistics",
     "pretraining_datalist",
+    "screen_datalist",
+    "screen_splits",
     "slice_datalist",
     "load_datalist",
     "slice_classification_datalist",

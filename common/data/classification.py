@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from common.data.datalist import absolute_path, checked_nifti_pair, is_nifti, load_datalist, msd_entries, msd_json_path
-from common.data.errors import DatalistError
+from common.data.errors import BadInputPolicy, DatalistError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ CLASS_FOLDERS_TRIED = "a dataset.json with integer labels, or one sub-folder of 
 
 
 def classification_datalist(
-    source: str | os.PathLike, key: str = "training", skip_unreadable: bool = False
+    source: str | os.PathLike, key: str = "training", skip_unreadable: bool | BadInputPolicy = False
 ) -> tuple[list[dict], list[str]]:
     """Datalist and class names of a class-per-folder tree or an MSD-style ``dataset.json``.
 
@@ -51,7 +51,7 @@ def classification_datalist(
         source: a ``.json`` file or a folder holding a ``dataset.json`` (:func:`datalist_from_class_json`), else
             a folder with one sub-folder per class (:func:`datalist_from_class_folders`).
         key: the list of the json to read; a class-per-folder tree has only one list.
-        skip_unreadable: skip corrupt files with a logged warning instead of raising.
+        skip_unreadable: corrupt files: as in :func:`common.data.load_datalist` (a bool or a ``BadInputPolicy``).
 
     Returns:
         ``([{"image": ..., "label": index}, ...], class_names)``.
@@ -78,7 +78,7 @@ def class_names(source: str | os.PathLike) -> list[str]:
 
 
 def datalist_from_class_folders(
-    root: str | os.PathLike, skip_unreadable: bool = False
+    root: str | os.PathLike, skip_unreadable: bool | BadInputPolicy = False
 ) -> tuple[list[dict], list[str]]:
     """Datalist from ``root/<class name>/...``: one sub-folder of NIfTI files or DICOM series per class.
 
@@ -106,7 +106,7 @@ def datalist_from_class_folders(
 
 
 def datalist_from_class_json(
-    json_path: str | os.PathLike, key: str = "training", skip_unreadable: bool = False
+    json_path: str | os.PathLike, key: str = "training", skip_unreadable: bool | BadInputPolicy = False
 ) -> tuple[list[dict], list[str]]:
     """Datalist from an MSD-style ``dataset.json`` with integer class labels and a ``"labels"`` name table.
 
@@ -178,7 +178,7 @@ def classification_split(
     fold: int | None = None,
     num_folds: int = 5,
     seed: int = 0,
-    skip_unreadable: bool = False,
+    skip_unreadable: bool | BadInputPolicy = False,
 ) -> tuple[list[dict], list[dict]]:
     """``(train, validation)`` of a classification dataset.
 

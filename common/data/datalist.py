@@ -37,7 +37,8 @@ from monai.transforms import LoadImaged
 from monai.utils import ensure_tuple
 
 from common.data.dicom import DicomSeriesReader, dicom_datalist
-from common.data.errors import DatalistError, UnreadableFileError, skip_or_raise
+from common.data.errors import BadInputPolicy, DatalistError, UnreadableFileError, skip_or_raise
+from common.data.nifti import VerifiedNibabelReader
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def load_datalist(
     source: str | os.PathLike,
     key: str = "training",
     label_folder: str | os.PathLike | None = None,
-    skip_unreadable: bool = False,
+    skip_unreadable: bool | BadInputPolicy = False,
 ) -> list[dict]:
     """Datalist from any supported source, chosen by what ``source`` is.
 
@@ -67,7 +68,9 @@ def load_datalist(
         key: the split to read: a key of the ``dataset.json``, or ``"training"`` / ``"test"`` for the
             ``imagesTr`` / ``imagesTs`` folder layout. Folders without splits return all their images.
         label_folder: labels of a flat NIfTI folder (NIfTI sources only).
-        skip_unreadable: skip corrupt or truncated files with a logged warning instead of raising.
+        skip_unreadable: what to do with a corrupt or truncated file: ``False`` raises an
+            :class:`~common.data.errors.UnreadableFileError`; ``True`` skips it with a logged warning; a
+            :class:`~common.data.errors.BadInputPolicy` decides (and with ``skip=True`` adds a row to its report).
 
     Returns:
         the datalist: a list of ``{"image": ..., "label": ...}`` dicts with absolute paths.
@@ -97,7 +100,7 @@ def training_split(
     train_fraction: float = 1.0,
     seed: int = 0,
     label_folder: str | os.PathLike | None = None,
-    skip_unreadable: bool = False,
+    skip_unreadable: bool | BadInputPolicy = False,
 ) -> tuple[list[dict], list[dict]]:
     """``(train, validation)`` of a dataset: its ``"training"`` datalist split by :func:`split_datalist`.
 
@@ -126,7 +129,9 @@ def training_split(
     )
 
 
-def inference_datalist(source: str | os.PathLike, key: str = "test", skip_unreadable: bool = False) -> list[dict]:
+def inference_datalist(
+    source: str | os.PathLike, key: str = "test", skip_unreadable: bool | BadInputPolicy = False
+) -> list[dict]:
     """Images to run inference on: ``[{"image": ...}, ...]`` (labels, if any, are left out).
 
     Args:
@@ -148,7 +153,7 @@ def inference_datalist(source: str | os.PathLike, key: str = "test", skip_unread
     return [{"image": entry["image"]} for entry in load_datalist(path, key, skip_unreadable=skip_unreadable)]
 
 
-def pretraining_datalist(source: str | os.PathLike, skip_unreadable: bool = False) -> list[dict]:
+def pretraining_datalist(source: str | os.PathLike, skip_unreadable: bool | BadInputPolicy = False) -> list[dict]:
     """Every image a self-supervised method may train on: ``[{"image": ...}, ...]``, labels left out.
 
     A ``dataset.json`` contributes its ``training`` and ``validation`` images (a downstream task's test
@@ -187,7 +192,9 @@ def msd_entries(path: Path, key: str, is_segmentation: bool) -> list[tuple[str, 
     return located
 
 
-def datalist_from_msd(json_path: str | os.PathLike, key: str = "training", skip_unreadable: bool = False) -> list[dict]:
+def datalist_from_msd(
+    json_path: str | os.PathLike, key: str = "training", skip_unreadable: bool | BadInputPolicy = False
+) -> list[dict]:
     """Datalist from an MSD-style ``dataset.json``, read with :func:`monai.data.load_decathlon_datalist`.
 
     Relative paths are resolved against the folder of the json; ``"test"`` entries may be plain
@@ -197,7 +204,7 @@ def datalist_from_msd(json_path: str | os.PathLike, key: str = "training", skip_
     Args:
         json_path: the ``dataset.json``.
         key: the list to read (``"training"``, ``"validation"``, ``"test"``, ...).
-        skip_unreadable: skip entries with a corrupt NIfTI file (logged warning) instead of raising.
+        skip_unreadable: entries with a corrupt NIfTI file: as in :func:`load_datalist`.
 
     Returns:
         the entries of ``key`` with absolute paths (other keys of an entry are kept).
@@ -225,7 +232,7 @@ def datalist_from_nifti_folder(
     folder: str | os.PathLike,
     label_folder: str | os.PathLike | None = None,
     key: str = "training",
-    skip_unreadable: bool = False,
+    skip_unreadable: bool | BadInputPolicy = False,
 ) -> list[dict]:
     """Datalist from a folder of NIfTI volumes (``*.nii.gz``, ``*.nii``; hidden files are ignored).
 
@@ -246,7 +253,7 @@ def datalist_from_nifti_folder(
         folder: the dataset folder.
         label_folder: the folder of labels (overrides ``labelsTr/`` or ``labels/``).
         key: ``"training"`` or ``"test"``; used by the MSD layout only.
-        skip_unreadable: skip images with a corrupt file (logged warning) instead of raising.
+        skip_unreadable: images with a corrupt file: as in :func:`load_datalist`.
 
     Returns:
         ``[{"image": path, "label": path}, ...]`` sorted by image file name.
@@ -272,7 +279,9 @@ def datalist_from_nifti_folder(
     return datalist
 
 
-def datalist_from_dicom_folder(folder: str | os.PathLike, skip_unreadable: bool = False) -> list[dict]:
+def datalist_from_dicom_folder(
+    folder: str | os.PathLike, skip_unreadable: bool | BadInputPolicy = False
+) -> list[dict]:
     """Datalist from a folder of DICOM series, one entry per series.
 
     The folder is searched recursively (``patient/study/series/*``, hidden files ignored). Files with
@@ -288,7 +297,7 @@ def datalist_from_dicom_folder(folder: str | os.PathLike, skip_unreadable: bool 
 
     Args:
         folder: the folder to search.
-        skip_unreadable: skip corrupt DICOM files (logged warning) instead of raising.
+        skip_unreadable: corrupt DICOM files: as in :func:`load_datalist`.
 
     Returns:
         one ``{"image": [files]}`` per series, the series in the order of their first file by path.
@@ -306,7 +315,9 @@ def image_loader(keys: str | Sequence[str], ensure_channel_first: bool = True, *
 
     ``LoadImaged(keys, ensure_channel_first=True)`` with :class:`DicomSeriesReader` registered, so that
     a list of DICOM slice files (an entry of :func:`datalist_from_dicom_folder`) or a folder of one
-    series loads as one 3D volume; everything else goes to MONAI's default readers as usual. A plain
+    series loads as one 3D volume, and :class:`~common.data.nifti.VerifiedNibabelReader`, so that a
+    ``.nii.gz`` whose gzip CRC-32 or size does not match (corrupt in the middle of its stream) raises
+    instead of loading as garbage; everything else goes to MONAI's default readers as usual. A plain
     ``LoadImaged`` would read such a list as a stack of 2D channels. In a bundle config::
 
         {"_target_": "common.data.image_loader", "keys": ["image", "label"]}
@@ -317,9 +328,12 @@ def image_loader(keys: str | Sequence[str], ensure_channel_first: bool = True, *
         kwargs: other ``LoadImaged`` arguments (``image_only``, ``dtype``, ``allow_missing_keys``, ...).
 
     Returns:
-        the transform.
+        the transform. Loading raises :class:`~common.data.errors.UnreadableFileError` (a
+        :class:`~common.data.errors.BadInputError`) naming the file for a corrupt ``.nii.gz`` or a DICOM
+        slice whose pixels cannot be decoded.
     """
     loader = LoadImaged(keys, ensure_channel_first=ensure_channel_first, **kwargs)
+    loader.register(VerifiedNibabelReader())
     loader.register(DicomSeriesReader())
     return loader
 
@@ -465,7 +479,7 @@ def _pair_labels(images: list[Path], label_dir: Path) -> dict[Path, Path]:
     return pairs
 
 
-def checked_nifti_pair(image: str, label: str | None, skip_unreadable: bool) -> bool:
+def checked_nifti_pair(image: str, label: str | None, skip_unreadable: bool | BadInputPolicy) -> bool:
     """Check an image (and its label) from their headers; ``False`` if skipped as unreadable.
 
     Raises:

@@ -28,7 +28,7 @@ try:
 except ImportError:  # pydicom 2, which MONAI Label 0.8.5 needs (tools.monailabel_check)
     from pydicom.pixel_data_handlers.util import apply_modality_lut
 
-from common.data.errors import DatalistError, UnreadableFileError, skip_or_raise
+from common.data.errors import BadInputPolicy, DatalistError, UnreadableFileError, skip_or_raise
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,11 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 # tags a DICOM file needs to be one slice of a volume
 SLICE_TAGS = ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# meta key of a loaded series: "DICOM series <SeriesInstanceUID> in <folder of its first file>"
+SERIES_META_KEY = "dicom_series"
 
 
-def dicom_datalist(root: Path, skip_unreadable: bool, tried: str) -> list[dict]:
+def dicom_datalist(root: Path, skip_unreadable: bool | BadInputPolicy, tried: str) -> list[dict]:
     """One ``{"image": [sorted slice files]}`` per DICOM series under ``root`` (see datalist_from_dicom_folder)."""
     series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     for path, header in _dicom_slices(root, skip_unreadable):
@@ -56,7 +58,7 @@ def dicom_datalist(root: Path, skip_unreadable: bool, tried: str) -> list[dict]:
     return sorted(datalist, key=lambda entry: min(entry["image"]))
 
 
-def _dicom_slices(root: Path, skip_unreadable: bool) -> list[tuple[Path, Dataset]]:
+def _dicom_slices(root: Path, skip_unreadable: bool | BadInputPolicy) -> list[tuple[Path, Dataset]]:
     """Headers of the DICOM slice files under ``root``; other DICOM is skipped with a warning.
 
     Raises:
@@ -177,7 +179,9 @@ class DicomSeriesReader(ImageReader):
     axis, and converted to HU with the modality LUT (RescaleSlope / RescaleIntercept). The volume's
     voxel axes are (column, row, slice), as MONAI's PydicomReader and ITKReader give them, with the
     RAS affine of ImagePositionPatient / ImageOrientationPatient / PixelSpacing; it has no channel
-    (``ensure_channel_first`` adds one). :func:`image_loader` registers this reader with ``LoadImaged``.
+    (``ensure_channel_first`` adds one). The metadata names the series under :data:`SERIES_META_KEY`
+    (``"DICOM series <uid> in <folder>"``), which identifies it better than ``filename_or_obj`` (its first
+    file). :func:`image_loader` registers this reader with ``LoadImaged``.
     """
 
     def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
@@ -191,7 +195,8 @@ class DicomSeriesReader(ImageReader):
         """Read the slices of one series (pixels are decoded in :meth:`get_data`), sorted along the normal.
 
         Raises:
-            DatalistError: the files are unreadable, hold several series, or are not one volume.
+            UnreadableFileError: a file is not readable DICOM (the message names it).
+            DatalistError: the files hold several series, or are not one volume.
         """
         paths = [Path(name) for name in ensure_tuple(data)]
         source = str(paths[0]) if len(paths) == 1 else f"{len(paths)} files from {paths[0].parent}"
@@ -209,10 +214,29 @@ class DicomSeriesReader(ImageReader):
         return [headers[i] for i in order]
 
     def get_data(self, img: list[Dataset]) -> tuple[np.ndarray, dict]:
-        """The (column, row, slice) volume in HU as float32, and its metadata (affine, spatial shape ...)."""
+        """The (column, row, slice) volume in HU as float32, and its metadata (affine, spatial shape ...).
+
+        Args:
+            img: the sorted slices of one series, as :meth:`read` gives them.
+
+        Returns:
+            the ``(Columns, Rows, slices)`` volume and its metadata.
+
+        Raises:
+            UnreadableFileError: the pixels of a slice cannot be decoded (no Pixel Data, truncated, another
+                size); the message names the file and the series.
+        """
+        series = f"DICOM series {img[0].SeriesInstanceUID} in {Path(img[0].filename).parent}"
         slices = np.empty((len(img), int(img[0].Rows), int(img[0].Columns)), dtype=np.float32)
         for k, header in enumerate(img):
-            slices[k] = apply_modality_lut(header.pixel_array, header)
+            try:
+                slices[k] = apply_modality_lut(header.pixel_array, header)
+            except Exception as error:  # pydicom and its decoders raise many types for a broken file
+                raise UnreadableFileError(
+                    header.filename,
+                    f"its pixels cannot be decoded ({type(error).__name__}: {error}); expected a "
+                    f"{slices.shape[1]} x {slices.shape[2]} slice, one of the {len(img)} of {series}",
+                ) from error
         volume = np.ascontiguousarray(slices.transpose(2, 1, 0))
         affine = _series_affine(img)
         meta = {
@@ -222,6 +246,7 @@ class DicomSeriesReader(ImageReader):
             MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
             MetaKeys.SPACE: SpaceKeys.RAS,
             "spacing": affine_to_spacing(affine, r=3),
+            SERIES_META_KEY: series,
         }
         return volume, meta
 
@@ -230,7 +255,7 @@ def _read_dicom(path: Path, **kwargs) -> Dataset:
     try:
         return pydicom.dcmread(path, **kwargs)
     except Exception as error:  # pydicom raises many types for a corrupt file
-        raise DatalistError(f"unreadable DICOM file {path}: {type(error).__name__}: {error}") from error
+        raise UnreadableFileError(path, f"not readable as DICOM ({type(error).__name__}: {error})") from error
 
 
 def _claims_dicom(path: Path) -> bool:

@@ -1,5 +1,9 @@
 """CT intensity presets and the standard MONAI transform pipelines of the collection."""
 
+# common.data first: its 2D modules import common.transforms.slices -> common.transforms.checks -> common.data.*;
+# were common.transforms.checks the module to start common.data's initialisation, that cycle would find it half-done.
+import common.data  # noqa: F401
+from common.transforms.checks import CheckCTd, CheckFinited, CheckLabelsd, checked_loader, ct_checks
 from common.transforms.classification import (
     classification_postprocessing,
     classification_preprocessing,
@@ -40,15 +44,20 @@ from common.transforms.segmentation import (
 
 __all__ = [
     "CT_WINDOWS",
+    "CheckCTd",
+    "CheckFinited",
+    "CheckLabelsd",
     "MultiViewd",
     "RandGlobalLocalViewsd",
     "RandResizedCropd",
     "SLICE_WINDOWS",
     "SaveReconstructionPngd",
+    "checked_loader",
     "classification_postprocessing",
     "classification_preprocessing",
     "classification_train_transforms",
     "contrastive_augmentations",
+    "ct_checks",
     "ct_window",
     "global_local_train_transforms",
     "grey_jitter",

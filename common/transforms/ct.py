@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from monai.transforms import EnsureTyped, Orientationd, ScaleIntensityRanged, Spacingd
 
-from common.data import image_loader
+from common.transforms.checks import checked_loader
 
 CT_WINDOWS: dict[str, tuple[float, float]] = {
     "abdomen": (-175.0, 250.0),
@@ -56,12 +56,24 @@ class PathSafeSpacingd(Spacingd):
         return resampled
 
 
-def load_ct(keys: Sequence[str], pixdim: Sequence[float], window: str) -> list:
-    """The deterministic head of every pipeline: read (NIfTI or DICOM series), float32, orient to RAS, resample
-    to ``pixdim`` (bilinear for ``"image"``, nearest for labels) and window ``"image"`` with ``window``."""
+def load_ct(keys: Sequence[str], pixdim: Sequence[float], window: str, num_classes: int | None = None) -> list:
+    """The deterministic head of every pipeline: read (NIfTI or DICOM series) and check the content
+    (:func:`common.transforms.checks.checked_loader`), float32, orient to RAS, resample to ``pixdim`` (bilinear
+    for ``"image"``, nearest for labels) and window ``"image"`` with ``window``.
+
+    Args:
+        keys: the keys to load, ``"image"`` and optionally ``"label"``.
+        pixdim: target spacing in mm.
+        window: CT window preset, a key of :data:`CT_WINDOWS`.
+        num_classes: entries of the task's label table; labels are checked to hold ``0 .. num_classes - 1``
+            only when given. The image is always checked (finite, within the int16 range of HU).
+
+    Returns:
+        the list of transforms; they raise :class:`~common.data.errors.BadInputError` for a bad input.
+    """
     modes = ["bilinear" if k == "image" else "nearest" for k in keys]
     return [
-        image_loader(keys),
+        *checked_loader(keys, num_classes).transforms,
         EnsureTyped(keys=keys, dtype="float32"),
         Orientationd(keys=keys, axcodes="RAS"),
         PathSafeSpacingd(keys=keys, pixdim=pixdim, mode=modes),

@@ -38,6 +38,7 @@ def segmentation_train_transforms(
     pixdim: Sequence[float] = (1.5, 1.5, 1.5),
     num_samples: int = 4,
     window: str = "abdomen",
+    num_classes: int | None = None,
 ) -> Compose:
     """Training pipeline: deterministic part (cached by ``CacheDataset``), then random crops and augmentation.
 
@@ -46,10 +47,12 @@ def segmentation_train_transforms(
         pixdim: target spacing in mm.
         num_samples: crops drawn per volume (``RandCropByPosNegLabeld``, positive:negative = 1:1).
         window: CT window preset, a key of :data:`common.transforms.CT_WINDOWS`.
+        num_classes: entries of the task's label table (background included): labels holding other values
+            raise :class:`~common.data.errors.BadInputError` when read. ``None``: labels are not checked.
     """
     keys = list(IMAGE_LABEL)
     return Compose(
-        load_ct(keys, pixdim, window)
+        load_ct(keys, pixdim, window, num_classes)
         + [
             CropForegroundd(keys=keys, source_key="image", allow_smaller=True),
             SpatialPadd(keys=keys, spatial_size=roi_size),
@@ -73,10 +76,17 @@ def segmentation_train_transforms(
     )
 
 
-def segmentation_val_transforms(pixdim: Sequence[float] = (1.5, 1.5, 1.5), window: str = "abdomen") -> Compose:
-    """Validation / evaluation pipeline: whole resampled volumes cropped to the body, for sliding windows."""
+def segmentation_val_transforms(
+    pixdim: Sequence[float] = (1.5, 1.5, 1.5), window: str = "abdomen", num_classes: int | None = None
+) -> Compose:
+    """Validation / evaluation pipeline: whole resampled volumes cropped to the body, for sliding windows.
+
+    Args:
+        pixdim, window, num_classes: as in :func:`segmentation_train_transforms`.
+    """
     keys = list(IMAGE_LABEL)
-    return Compose(load_ct(keys, pixdim, window) + [CropForegroundd(keys=keys, source_key="image", allow_smaller=True)])
+    crop = CropForegroundd(keys=keys, source_key="image", allow_smaller=True)
+    return Compose(load_ct(keys, pixdim, window, num_classes) + [crop])
 
 
 def segmentation_inference_transforms(pixdim: Sequence[float] = (1.5, 1.5, 1.5), window: str = "abdomen") -> Compose:

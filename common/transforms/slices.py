@@ -29,6 +29,8 @@ from monai.data import PILReader
 from monai.transforms import LoadImaged, MapTransform
 from PIL import Image
 
+from common.transforms.checks import CheckFinited
+
 SLICE_WINDOWS: dict[str, tuple[float, float] | None] = {
     "full": (-1024.0, 3071.0),  # CT_WINDOWS["full"]; not imported: common.transforms.ct imports common.data
     "brain": (35.0 - 80.0 / 2, 35.0 + 80.0 / 2),
@@ -129,7 +131,9 @@ def load_slice_transforms(keys: KeysCollection = ("image",)) -> list:
     """Read a slice file as a ``(1, H, W)`` float32 MetaTensor in ``[0, 1]``, oriented as a viewer shows it.
 
     PNG / JPG: 8-bit grey, RGB or RGBA (reduced to grey), value / 255. NPY: a ``(H, W)`` array of uint8
-    (value / 255) or of floats already in ``[0, 1]``. In a bundle config::
+    (value / 255) or of floats already in ``[0, 1]``; NaN or infinite values raise
+    :class:`~common.data.errors.BadInputError` naming the file (:class:`~common.transforms.checks.CheckFinited`).
+    In a bundle config::
 
         "$common.transforms.slices.load_slice_transforms(['image'])"
 
@@ -139,5 +143,5 @@ def load_slice_transforms(keys: KeysCollection = ("image",)) -> list:
     Returns:
         the list of transforms, to put first in a ``Compose``.
     """
-    return [slice_loader(keys), SliceToUnitd(keys)]
+    return [slice_loader(keys), CheckFinited(keys), SliceToUnitd(keys)]
 
