@@ -1,12 +1,20 @@
-"""The ignite glue shared by the bundles: checkpoints and resuming, experiment tracking, and the
-self-supervised trainer with its schedules, momentum teacher, reconstruction snapshots and export."""
+"""The ignite glue shared by the bundles: checkpoints and resuming, experiment tracking, the run guards (non-finite
+values, Ctrl-C, validation at the last epoch, the loss in the progress bar), inference's output policy (weights must
+exist, earlier outputs are never overwritten unasked), and the self-supervised trainer with its
+schedules, momentum teacher, reconstruction snapshots and export."""
 
+from common.engine.batches import batch_files
 from common.engine.checkpoints import latest_checkpoint, prepare_checkpoint_dir
 from common.engine.ema import MomentumTeacher
 from common.engine.embeddings import export_embeddings
 from common.engine.export import MaskedReconstructionInferer
 from common.engine.freezing import HeadFirstFineTuning
 from common.engine.gradcam import GradCamSaver, save_gradcam_overlays
+from common.engine.interrupt import GracefulInterrupt, exit_if_interrupted
+from common.engine.nonfinite import NonFiniteGuard
+from common.engine.outputs import prepare_output_dir, require_weights
+from common.engine.progress_bar import ProgressBar
+from common.engine.resume import MidEpochResume
 from common.engine.schedules import (
     CosineSchedule,
     lr_schedule,
@@ -18,17 +26,27 @@ from common.engine.progress import TrainingProgress
 from common.engine.snapshots import ReconstructionSnapshots, orthogonal_slices_png
 from common.engine.tracking import tracking_uri
 from common.engine.trainer import OptimizerEvents, SelfSupervisedTrainer, logged_scalars
+from common.engine.trainer_state import TrainerState
+from common.engine.validation import PeriodicValidation
 
 __all__ = [
     "CosineSchedule",
+    "GracefulInterrupt",
     "GradCamSaver",
     "HeadFirstFineTuning",
     "MaskedReconstructionInferer",
+    "MidEpochResume",
     "MomentumTeacher",
+    "NonFiniteGuard",
     "OptimizerEvents",
+    "PeriodicValidation",
+    "ProgressBar",
     "ReconstructionSnapshots",
     "SelfSupervisedTrainer",
+    "TrainerState",
     "TrainingProgress",
+    "batch_files",
+    "exit_if_interrupted",
     "export_embeddings",
     "latest_checkpoint",
     "logged_scalars",
@@ -36,6 +54,8 @@ __all__ = [
     "orthogonal_slices_png",
     "param_groups",
     "prepare_checkpoint_dir",
+    "prepare_output_dir",
+    "require_weights",
     "save_gradcam_overlays",
     "tracking_uri",
     "warmup_cosine",

@@ -16,6 +16,7 @@ A method with a momentum teacher also defines ``update_teacher(momentum: float) 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -28,6 +29,10 @@ from monai.engines.workflow import Workflow
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
+
+from common.engine.batches import batch_files
+from common.engine.nonfinite import AMP_SKIPPED_STEPS, gradient_norm, non_finite_error, record_skipped_step
+from common.engine.trainer_state import amp_state, load_amp_state
 
 LOSS = "loss"
 STAT = "stat"
@@ -74,8 +79,15 @@ class SelfSupervisedTrainer(Trainer):
     output as a Python float, and, when the method returned them, ``"images"``: ``{name: tensor}`` of the first
     sample only, detached, shape (1, *spatial) (channel first), still on the device.
 
-    ``engine.state.optimizer_steps`` counts optimizer steps (saved and restored with the ``"trainer"``
-    checkpoint entry) and :attr:`OptimizerEvents.STEP_COMPLETED` fires after each.
+    ``engine.state.optimizer_steps`` counts optimizer steps (those a ``GradScaler`` skips included) and
+    :attr:`OptimizerEvents.STEP_COMPLETED` fires after each. The ``"trainer"`` checkpoint entry (:meth:`state_dict`)
+    saves and restores it with ignite's iteration and epoch, the ``GradScaler``'s state and
+    ``engine.state.amp_skipped_steps``, so a resumed run goes on exactly; it still loads checkpoints written without
+    the last two.
+
+    Training stops at the first non-finite loss or gradient, before the optimizer step, with an error that names
+    the iteration, the epoch and the files of the batch (see :mod:`common.engine.nonfinite`): non-finite weights
+    are never produced, so never saved.
 
     Args:
         device: where the method runs; tensors at the top level of the batch dict are moved there.
@@ -88,10 +100,10 @@ class SelfSupervisedTrainer(Trainer):
         non_blocking: asynchronous host-to-device copies of the batch tensors.
         amp: mixed precision with ``torch.autocast`` on the device type. On CUDA the default ``amp_dtype`` is
             float16 with a ``torch.amp.GradScaler``; on other devices (CPU) it is bfloat16, which keeps
-            float32's exponent range and needs no scaler. The scaler's state is not checkpointed: after a
-            resume it re-calibrates within a few steps.
+            float32's exponent range and needs no scaler. The scaler skips the optimizer steps whose gradients
+            overflow; each skip is logged and counted in ``engine.state.amp_skipped_steps``.
         amp_dtype: autocast dtype overriding the default above; a scaler is used only for float16 on CUDA.
-        grad_clip_norm: clip the total gradient norm (2-norm over the method's parameters) to this value
+        grad_clip_norm: clip the total gradient norm (2-norm over the optimizer's parameters) to this value
             before each optimizer step; ``None`` does not clip.
         accumulation_steps: accumulate gradients over this many iterations (each loss divided by it) before
             one optimizer step and ``zero_grad``; a shorter last window of an epoch is stepped at the end of
@@ -104,7 +116,8 @@ class SelfSupervisedTrainer(Trainer):
     Raises:
         ValueError: ``accumulation_steps`` < 1 or ``grad_clip_norm`` <= 0; during training, when the method's
             output lacks ``"loss"``.
-        FloatingPointError: during training, when the loss is NaN or infinite.
+        FloatingPointError: during training, before the optimizer step, when the loss is NaN or infinite, or
+            the gradients are and there is no scaler to skip the step.
     """
 
     def __init__(
@@ -146,13 +159,24 @@ class SelfSupervisedTrainer(Trainer):
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.state.optimizer_steps = 0
         self.state_dict_user_keys.append("optimizer_steps")
+        setattr(self.state, AMP_SKIPPED_STEPS, 0)
         self._micro_batches = 0  # passes of the current accumulation window, the running one included
+        self._window_files: list[str] = []  # files of the current accumulation window's batches
         if train_handlers is not None:
             self._register_handlers(train_handlers)
 
     def run(self) -> None:  # type: ignore[override]
         """Train. Skips ``Trainer.run``, which would replace the scaler chosen above by a CUDA float16 one."""
         Workflow.run(self)
+
+    def state_dict(self) -> OrderedDict:
+        """ignite's engine state (iteration, epoch, ``optimizer_steps``) plus the amp entries of
+        :func:`common.engine.trainer_state.amp_state`."""
+        return OrderedDict({**super().state_dict(), **amp_state(self)})
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`, or a checkpoint's ``"trainer"`` entry written without the amp entries."""
+        super().load_state_dict(load_amp_state(self, state_dict))
 
     def _iteration(self, engine: SelfSupervisedTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
         """One forward / backward pass, and an optimizer step when the accumulation window is complete.
@@ -165,7 +189,8 @@ class SelfSupervisedTrainer(Trainer):
             The logged scalars as floats and, if any, the first sample's ``"images"`` (see the class docstring).
         """
         # MONAI's MetaTensors become plain tensors: the methods need no meta data, and every operation on a
-        # MetaTensor pays for propagating it.
+        # MetaTensor pays for propagating it. The file names are kept first, for the errors of non-finite values.
+        files = batch_files(batchdata)
         batch = {
             key: as_plain_tensor(value).to(engine.state.device, non_blocking=engine.non_blocking)
             if torch.is_tensor(value)
@@ -175,7 +200,9 @@ class SelfSupervisedTrainer(Trainer):
         engine.method.train()
         if engine._micro_batches == 0:
             engine.optimizer.zero_grad(set_to_none=True)
+            engine._window_files = []
         engine._micro_batches += 1
+        engine._window_files.extend(name for name in files if name not in engine._window_files)
         epoch_length = engine.state.epoch_length
         epoch_ends = epoch_length is not None and engine.state.iteration % epoch_length == 0
         steps = engine._micro_batches == engine.accumulation_steps or epoch_ends
@@ -185,7 +212,7 @@ class SelfSupervisedTrainer(Trainer):
         with engine.method.no_sync() if skip_sync else nullcontext():
             with torch.autocast(engine.state.device.type, dtype=engine.amp_dtype, enabled=engine.amp):
                 result = engine.method(batch)
-            losses = engine._loss_values(result)
+            losses = engine._loss_values(result, files)
             loss = result[LOSS] / engine.accumulation_steps
             (engine.scaler.scale(loss) if engine.scaler is not None else loss).backward()
         if steps:
@@ -195,8 +222,13 @@ class SelfSupervisedTrainer(Trainer):
             output[IMAGES] = {name: image[0].detach() for name, image in result[IMAGES].items()}
         return output
 
-    def _loss_values(self, result: Mapping[str, Any]) -> dict[str, float]:
-        """The logged scalars of the method output as floats, after checking that ``"loss"`` is there and finite."""
+    def _loss_values(self, result: Mapping[str, Any], files: list[str]) -> dict[str, float]:
+        """The logged scalars of the method output as floats, after checking that ``"loss"`` is there and finite.
+
+        Args:
+            result: the method's output.
+            files: the batch's files, named by the error of a non-finite loss.
+        """
         if LOSS not in result:
             raise ValueError(
                 f"{type(self.method).__name__}.forward must return a dict with {LOSS!r} (the total loss to "
@@ -205,18 +237,27 @@ class SelfSupervisedTrainer(Trainer):
         losses = {key: float(torch.as_tensor(value).detach()) for key, value in logged_scalars(result).items()}
         if not math.isfinite(losses[LOSS]):
             parts = ", ".join(f"{key}={value:.6g}" for key, value in losses.items())
-            raise FloatingPointError(
-                f"non-finite loss at iteration {self.state.iteration} (epoch {self.state.epoch}): {parts}"
-            )
+            raise non_finite_error(LOSS, self, files, f": {parts}")
         return losses
 
     def _optimizer_step(self) -> None:
-        """Clip, step, count the step and fire :attr:`OptimizerEvents.STEP_COMPLETED`."""
-        if self.grad_clip_norm is not None:
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.method.parameters(), self.grad_clip_norm)
+        """Check the gradients, clip, step, count the step and fire :attr:`OptimizerEvents.STEP_COMPLETED`.
+
+        Raises:
+            FloatingPointError: the total gradient norm is not finite and there is no scaler to skip the step.
+        """
         if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        norm = gradient_norm(self.optimizer)
+        finite = bool(torch.isfinite(norm))
+        if not finite and self.scaler is None:
+            raise non_finite_error("gradient", self, self._window_files, f" (total norm {float(norm)})")
+        if finite and self.grad_clip_norm is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            nn.utils.clip_grads_with_norm_(params, self.grad_clip_norm, norm)
+        if self.scaler is not None:
+            if not finite:
+                record_skipped_step(self, self.scaler)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:

@@ -1,0 +1,27 @@
+"""Which iterations end with an optimizer step when gradients are accumulated."""
+
+from __future__ import annotations
+
+from ignite.engine import Engine
+
+
+def ends_accumulation_window(engine: Engine) -> bool:
+    """Whether iteration ``engine.state.iteration`` ends with an optimizer step.
+
+    Windows of ``engine.accumulation_steps`` iterations (1 when the engine has no such attribute) start with each
+    epoch, and the last window of an epoch is stepped at the epoch's end, as MONAI's ``SupervisedTrainer`` and
+    :class:`common.engine.SelfSupervisedTrainer` do; with an unknown epoch length the windows count from the first
+    iteration.
+
+    Args:
+        engine: a trainer, during or after an iteration.
+
+    Returns:
+        ``True`` when the optimizer steps at the end of this iteration.
+    """
+    accumulation_steps = getattr(engine, "accumulation_steps", 1)
+    iteration, epoch_length = engine.state.iteration, engine.state.epoch_length
+    if epoch_length is None:
+        return iteration % accumulation_steps == 0
+    in_epoch = (iteration - 1) % epoch_length + 1
+    return in_epoch % accumulation_steps == 0 or in_epoch == epoch_length
