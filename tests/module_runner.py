@@ -36,7 +36,11 @@ def _run_as_main(module: str, args: list[str], cwd: str, env: dict, stdout: str,
         os.dup2(file, fd)
         os.close(file)
     sys.argv = [module, *args]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except Exception:  # as the interpreter ends on an uncaught error: sys.excepthook, then status 1
+        sys.excepthook(*sys.exc_info())
+        sys.exit(1)
 
 
 def run_module(module: str, *args: str, cwd: Path = REPO_ROOT,
