@@ -15,6 +15,8 @@
 ``python -m tools.bench mae3d``  one MAE3D step encoding visible tokens only against all tokens.
 ``python -m tools.bench slices2d`` pre-training images/s of SparK 2D, MoCo v2, BYOL and SwAV (ResNet-50, 224),
                                  and SparK's ``masked`` against ``spconv`` back-end in 2D (:mod:`tools.bench_slices2d`).
+``python -m tools.bench checks`` reading a CT volume with the input checks (gzip CRC, non-finite and int16 range)
+                                 against MONAI's plain ``LoadImaged``: what checking every input costs.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ import torch
 from monai.bundle import ConfigWorkflow
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.inferers import sliding_window_inference
+from monai.transforms import LoadImaged
 
 from tools.bench_glmae import glmae_costs, mae3d_costs
 from tools.bench_mim import mim_costs
 from tools.bench_slices2d import slices2d_costs
+from common.transforms import checked_loader
 from tools.bench_sparse import sparse_step
 from tools.measure import batches_per_second
 
@@ -72,7 +76,7 @@ def infer(shape: tuple[int, int, int] = (256, 256, 128), repeats: int = 1) -> di
         image = torch.from_numpy(workflow.parser.get_parsed_content("preprocessing")({"image": str(tmp / "volume.nii.gz")})["image"].numpy())[None]
 
         def bare() -> None:
-            with torch.no_grad(), torch.autocast(device.type, enabled=workflow.parser.get_parsed_content("amp")):
+            with torch.no_grad(), torch.autocast(device.type, enabled=workflow.parser.get_parsed_content("flags#amp")):
                 logits = sliding_window_inference(
                     image.to(device), inferer.roi_size, inferer.sw_batch_size, network.eval(), overlap=inferer.overlap
                 )
@@ -121,6 +125,34 @@ def data(iterations: int = 12, num_workers: int = 0) -> dict:
     return result
 
 
+def checks(shape: tuple[int, int, int] = (512, 512, 200), repeats: int = 3) -> dict:
+    """Seconds to read one int16 CT volume (``.nii.gz``, HU-like noise): checked loader vs MONAI's ``LoadImaged``.
+
+    ``common.transforms.checked_loader`` reads the gzip stream to its end (CRC-32 verified) and checks the values
+    (non-finite, int16 range) in one pass; the plain loader is ``LoadImaged(ensure_channel_first=True)``. Timed
+    interleaved, the best of ``repeats`` each.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ct.nii.gz"
+        rng = np.random.default_rng(0)
+        nib.save(nib.Nifti1Image(rng.normal(0, 300, size=shape).clip(-1024, 3071).astype(np.int16), np.eye(4)), path)
+        loaders = {"plain": LoadImaged("image", ensure_channel_first=True), "checked": checked_loader(["image"])}
+        times = {name: [] for name in loaders}
+        for _ in range(repeats):
+            for name, load in loaders.items():
+                start = time.perf_counter()
+                load({"image": str(path)})
+                times[name].append(time.perf_counter() - start)
+        result = {
+            "device": _device_name(torch.device("cpu")),
+            "volume": f"{shape[0]}x{shape[1]}x{shape[2]} int16, {path.stat().st_size / 2**20:.0f} MiB gzip",
+            "plain_s": min(times["plain"]),
+            "checked_s": min(times["checked"]),
+        }
+        result["ratio"] = result["checked_s"] / result["plain_s"]
+        return result
+
+
 def sparse(size: int = 96, batch: int = 2, steps: int = 1, warmup: int = 1, device: str | None = None) -> dict:
     """One HySparK / SparK-3D training step, ``masked`` vs ``spconv``: time, peak memory and their ratios."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -153,5 +185,14 @@ def slices2d(size: int = 224, batch: int = 8, steps: int = 2, warmup: int = 1, d
 
 if __name__ == "__main__":
     fire.Fire(
-        {"infer": infer, "data": data, "sparse": sparse, "mim": mim, "glmae": glmae, "mae3d": mae3d, "slices2d": slices2d}
+        {
+            "infer": infer,
+            "data": data,
+            "sparse": sparse,
+            "mim": mim,
+            "glmae": glmae,
+            "mae3d": mae3d,
+            "slices2d": slices2d,
+            "checks": checks,
+        }
     )
