@@ -27,11 +27,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
-    """One smoke training run; its folders are shared by the tests of this module."""
+    """One smoke training run (one epoch, ``val_interval`` 14: validated only because it is the last epoch); its
+    folders and its output (``"log"``) are shared by the tests of this module."""
     root = tmp_path_factory.mktemp("btcv")
     paths = {"models": root / "models", "eval": root / "eval"}
-    run_bundle([TRAIN, SMOKE], ckpt_dir=paths["models"], output_dir=paths["eval"])
-    return paths
+    result = run_bundle([TRAIN, SMOKE], ckpt_dir=paths["models"], output_dir=paths["eval"], val_interval=14)
+    (root / "log.txt").write_text(result.stdout + result.stderr)
+    return {**paths, "log": root / "log.txt"}
 
 
 def _mlflow_runs(eval_dir: Path):
@@ -42,6 +44,9 @@ def _mlflow_runs(eval_dir: Path):
 
 def test_training_writes_best_model_training_state_and_mlflow_run(trained):
     assert (trained["models"] / "model.pt").is_file()
+    log = trained["log"].read_text()
+    assert f"best model: {trained['models'] / 'model.pt'} (val_mean_dice " in log  # the last epoch was validated
+    assert "loss=" in log  # in the progress bar
     state = torch.load(trained["models"] / "checkpoint_final.pt", weights_only=False)
     assert {"model", "optimizer", "trainer"} <= set(state) and state["trainer"]["iteration"] == 2
     client, runs = _mlflow_runs(trained["eval"])
