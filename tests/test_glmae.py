@@ -118,7 +118,7 @@ def test_mae3d_loss_scores_masked_patches_only():
     image = torch.rand(2, 1, 32, 32, 32)
     visible = method.mask(image, torch.Generator().manual_seed(0))
     assert visible.shape == (2, 1, 2, 2, 2) and visible.flatten(1).sum(1).tolist() == [2, 2]  # 75 % of 8 masked
-    result = method({"image": image})
+    result = method({"image": image}, images=True)
     assert result["loss"].item() == pytest.approx(result["loss/recon"].item()) and result["loss"].item() > 0
     assert set(result["images"]) == {"input", "masked", "reconstruction", "target"}
 

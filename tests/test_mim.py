@@ -124,7 +124,7 @@ def test_training_progress_follows_the_iteration():
 def test_one_step_trains_every_part_and_reports_each_loss():
     torch.manual_seed(0)
     method = tiny_mim(children_per_parent=2, level_schedule="coarse_to_fine")
-    result = method({"image": torch.rand(2, 1, 64, 64, 64)})
+    result = method({"image": torch.rand(2, 1, 64, 64, 64)}, images=True)
     expected = {"loss", "loss/recon", "loss/contrast", "loss/contrast_level1_2", "loss/contrast_level2_3"}
     assert expected | {f"loss/recon_level{i}" for i in (1, 2, 3)} == set(k for k in result if k.startswith("loss"))
     assert result["loss/recon"] == result["loss/recon_level1"]  # coarse_to_fine at progress 0: level 1 only

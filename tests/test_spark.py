@@ -58,9 +58,11 @@ def test_hyspark_step_returns_named_losses_and_images_and_learns_a_fixed_batch()
         out["loss"].backward()
         optimizer.step()
         losses.append(out["loss"].item())
+    assert set(out) == {"loss", "loss/recon"}  # images only when asked
+    out = method({"image": image}, images=True)
     assert set(out) == {"loss", "loss/recon", "images"}
     assert set(out["images"]) == {"input", "masked", "reconstruction", "target"}
-    assert all(v.shape == image.shape for v in out["images"].values())
+    assert all(v.shape == (1, *image.shape[1:]) for v in out["images"].values())  # the first sample
     assert losses[-1] < 0.8 * losses[0], losses
 
 
@@ -130,10 +132,10 @@ def test_spark2d_reconstruction_depends_on_the_visible_patches_only():
     with torch.no_grad():
         torch.testing.assert_close(method.reconstruct(altered, visible), method.reconstruct(image, visible))
 
-    out = method({"image": image})
+    out = method({"image": image}, images=True)
     out["loss"].backward()
     assert set(out) == {"loss", "loss/recon", "images"}
-    assert all(v.shape == image.shape for v in out["images"].values())
+    assert all(v.shape == (1, *image.shape[1:]) for v in out["images"].values())
     assert all(norm.weight.grad is not None for norm in method.densify_norms)
 
 

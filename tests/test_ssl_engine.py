@@ -33,7 +33,7 @@ SHAPE = (1, 8, 8, 8)
 
 
 class ToyAutoencoder(nn.Module):
-    """A tiny conv autoencoder: the reconstruction loss, its named part and the images to look at."""
+    """A tiny conv autoencoder: the reconstruction loss, its named part and, when asked, the images to look at."""
 
     def __init__(self, loss_scale: float = 1.0):
         super().__init__()
@@ -42,27 +42,26 @@ class ToyAutoencoder(nn.Module):
         self.loss_scale = loss_scale
         self.batch_keys: set[str] = set()
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: dict, images: bool = False) -> dict:
         self.batch_keys = set(batch)
         image = batch["image"]
         reconstruction = self.decoder(torch.relu(self.encoder(image)))
         recon = F.mse_loss(reconstruction, image)
-        return {
-            "loss": self.loss_scale * recon,
-            "loss/recon": recon.detach(),
-            "images": {"input": image, "reconstruction": reconstruction},
-        }
+        result = {"loss": self.loss_scale * recon, "loss/recon": recon.detach()}
+        if images:
+            result["images"] = {"input": image, "reconstruction": reconstruction}
+        return result
 
 
 class ToyTeacherStudent(nn.Module):
-    """A linear student and its EMA teacher."""
+    """A linear student and its EMA teacher; it has no images to show, even when asked."""
 
     def __init__(self):
         super().__init__()
         self.student = nn.Linear(8, 2)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: dict, images: bool = False) -> dict:
         features = batch["image"].flatten(1)[:, :8]
         loss = (self.student(features) - self.teacher(features)).pow(2).mean() + self.student(features).mean()
         return {"loss": loss, "loss/distill": loss.detach()}
@@ -105,13 +104,16 @@ def flat_parameters(module: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in module.parameters()]).clone()
 
 
-def test_loss_decreases_and_the_output_holds_float_terms_and_first_sample_images():
+def test_loss_decreases_and_the_output_holds_float_terms_and_first_sample_images_when_requested():
     torch.manual_seed(0)
     method = ToyAutoencoder()
     trainer = make_trainer(method, loader(), max_epochs=20, optimizer=torch.optim.Adam(method.parameters(), lr=1e-2))
+    trainer.add_event_handler(Events.ITERATION_STARTED(once=20), lambda e: setattr(e, "images_requested", True))
     losses = record(trainer, Events.ITERATION_COMPLETED, lambda e: e.state.output["loss"])
+    with_images = record(trainer, Events.ITERATION_COMPLETED, lambda e: "images" in e.state.output)
     trainer.run()
     assert len(losses) == 20 and losses[-1] < 0.5 * losses[0]
+    assert with_images == [False] * 19 + [True] and not trainer.images_requested  # built only when requested
     output = trainer.state.output
     assert type(output["loss"]) is float and type(output["loss/recon"]) is float
     assert output["loss"] == pytest.approx(output["loss/recon"])
@@ -293,8 +295,12 @@ def test_orthogonal_slices_png_2d_is_a_single_row(tmp_path):
 
 @pytest.mark.parametrize(("epoch_length", "written"), [(5, [2, 4, 5]), (4, [2, 4])])
 def test_snapshots_are_written_at_the_interval_and_at_completion(tmp_path, epoch_length, written):
+    """Images are built at those iterations only: the handler requests them at the interval and at the last one."""
     snapshots = ReconstructionSnapshots(tmp_path, interval=2, upscale=2)
-    make_trainer(ToyAutoencoder(), loader(epoch_length, batch_size=1), train_handlers=[snapshots]).run()
+    trainer = make_trainer(ToyAutoencoder(), loader(epoch_length, batch_size=1), train_handlers=[snapshots])
+    with_images = record(trainer, Events.ITERATION_COMPLETED, lambda e: "images" in e.state.output)
+    trainer.run()
+    assert [i for i, built in enumerate(with_images, start=1) if built] == written
     expected = [tmp_path / "reconstructions" / f"iteration_{i:06d}.png" for i in written]
     assert snapshots.paths == expected
     assert sorted((tmp_path / "reconstructions").iterdir()) == expected

@@ -15,6 +15,8 @@
 ``python -m tools.bench mae3d``  one MAE3D step encoding visible tokens only against all tokens.
 ``python -m tools.bench slices2d`` pre-training images/s of SparK 2D, MoCo v2, BYOL and SwAV (ResNet-50, 224),
                                  and SparK's ``masked`` against ``spconv`` back-end in 2D (:mod:`tools.bench_slices2d`).
+``python -m tools.bench images`` one pre-training step of SparK-3D, HySparK and MiM (demo sizes) building the
+                                 snapshot images at every step (as before) against only when a snapshot asks.
 ``python -m tools.bench checks`` reading a CT volume with the input checks (gzip CRC, non-finite and int16 range)
                                  against MONAI's plain ``LoadImaged``: what checking every input costs.
 """
@@ -125,6 +127,44 @@ def data(iterations: int = 12, num_workers: int = 0) -> dict:
     return result
 
 
+def images(size: int = 64, batch: int = 2, repeats: int = 5) -> dict:
+    """Seconds per pre-training step (forward, backward, AdamW) with ``images=True`` against without, per method.
+
+    Before the images were built on demand, every step built them (SparK and HySparK for the whole batch, MiM for
+    the first sample of each level); now only the steps a snapshot asks for do. Demo network sizes, ``batch`` crops
+    of ``size``^3 per step (MiM: one level-1 crop of its ``cpu_demo`` geometry, as its demo), the best of
+    ``repeats`` interleaved steps each.
+    """
+    from common.methods import MiM, HySparK, SparK3D
+    from common.networks import convvit_config, hybrid_config
+
+    torch.manual_seed(0)
+    methods = {
+        "SparK3D": SparK3D(decoder_width=64),
+        "HySparK": HySparK(**hybrid_config(cpu_demo_scale=True), decoder_width=64),
+        "MiM": MiM(encoder=convvit_config(cpu_demo_scale=True), geometry="cpu_demo", decoder_width=96, decoder_depth=2,
+                   decoder_heads=4, contrast_dim=256),
+    }
+    result = {"device": _device_name(torch.device("cpu"))}
+    for name, method in methods.items():
+        optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4)
+        shape = (1, 1, *method.geometry.crops[0]) if name == "MiM" else (batch, 1, size, size, size)
+        image = torch.rand(shape)
+        times = {True: [], False: []}
+        for _ in range(repeats):
+            for with_images in (True, False):
+                start = time.perf_counter()
+                loss = method({"image": image}, images=with_images)["loss"]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                times[with_images].append(time.perf_counter() - start)
+        result[name] = {"crops": "x".join(map(str, shape)), "with_images_s": min(times[True]),
+                        "without_s": min(times[False])}
+        result[name]["speedup"] = result[name]["with_images_s"] / result[name]["without_s"]
+    return result
+
+
 def checks(shape: tuple[int, int, int] = (512, 512, 200), repeats: int = 3) -> dict:
     """Seconds to read one int16 CT volume (``.nii.gz``, HU-like noise): checked loader vs MONAI's ``LoadImaged``.
 
@@ -193,6 +233,7 @@ if __name__ == "__main__":
             "glmae": glmae,
             "mae3d": mae3d,
             "slices2d": slices2d,
+            "images": images,
             "checks": checks,
         }
     )

@@ -79,6 +79,9 @@ def orthogonal_slices_png(images: Mapping[str, torch.Tensor], path: str | Path, 
 class ReconstructionSnapshots:
     """Writes ``engine.state.output["images"]`` as a PNG every ``interval`` iterations and when training completes.
 
+    The images are requested from the trainer (:attr:`common.engine.SelfSupervisedTrainer.images_requested`) only
+    at those iterations, the last of the run included, so the other steps do not build them.
+
     Files: ``<output_dir>/reconstructions/iteration_000123.png`` (see :func:`orthogonal_slices_png`); the
     written paths are kept in :attr:`paths`. Nothing is written (a debug log line only) when the output carries
     no images.
@@ -110,9 +113,18 @@ class ReconstructionSnapshots:
         self._written_iteration: int | None = None
 
     def attach(self, engine: Engine) -> None:
-        """Run at every ``ITERATION_COMPLETED`` (writing every ``interval``) and at ``COMPLETED`` of ``engine``."""
+        """Request images at ``ITERATION_STARTED`` of the iterations to write; write at every ``ITERATION_COMPLETED``
+        (every ``interval``) and at ``COMPLETED`` of ``engine``."""
+        engine.add_event_handler(Events.ITERATION_STARTED, self.request_images)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def request_images(self, engine: Engine) -> None:
+        """Ask the trainer for the images of this iteration if it is a multiple of ``interval`` or the run's last."""
+        iteration, epoch_length = engine.state.iteration, engine.state.epoch_length
+        last = epoch_length is not None and iteration == engine.state.max_epochs * epoch_length
+        if iteration % self.interval == 0 or last:
+            engine.images_requested = True
 
     def iteration_completed(self, engine: Engine) -> None:
         """Note the MLflow run, and write a snapshot when the iteration is a multiple of ``interval``."""

@@ -6,8 +6,11 @@ A *method* is an ``nn.Module`` whose ``forward(batch: dict) -> dict`` returns
 * ``"loss/<name>"``: scalar named parts of it (e.g. ``"loss/recon"``), detached or not;
 * optionally ``"stat/<name>"``: scalars worth watching that are not losses (e.g. ``"stat/embedding_std"``, a
   collapse check of the contrastive methods), logged like the loss terms;
-* optionally ``"images"``: ``{name: tensor}`` of shape (B, 1, D, H, W) or (B, 1, H, W), values roughly in
-  [0, 1], in display order (e.g. input, masked, reconstruction, target).
+* ``"images"``, only when called as ``forward(batch, images=True)``: ``{name: tensor}`` of shape (B', 1, D, H, W) or
+  (B', 1, H, W) (the first sample is shown), values roughly in [0, 1], in display order (e.g. input, masked,
+  reconstruction, target). The trainer asks for them only at the iterations a handler requested them
+  (:attr:`SelfSupervisedTrainer.images_requested`), so no other step spends time building them; a method with
+  nothing to show need not take the argument.
 
 A method with a momentum teacher also defines ``update_teacher(momentum: float) -> None``, called by
 :class:`common.engine.MomentumTeacher` after every optimizer step.
@@ -76,8 +79,12 @@ class SelfSupervisedTrainer(Trainer):
     ``save_dict={"method": ..., "optimizer": ..., "trainer": ...}``, ``LrScheduleHandler``.
 
     ``engine.state.output`` after each iteration is a dict: every :func:`logged_scalars` entry of the method
-    output as a Python float, and, when the method returned them, ``"images"``: ``{name: tensor}`` of the first
-    sample only, detached, shape (1, *spatial) (channel first), still on the device.
+    output as a Python float, and, at an iteration whose images were requested, ``"images"``: ``{name: tensor}``
+    of the first sample only, detached, shape (1, *spatial) (channel first), still on the device.
+
+    ``images_requested``: set it to ``True`` before an iteration (e.g. at ``ITERATION_STARTED``, as
+    :class:`common.engine.ReconstructionSnapshots` does) to have that iteration's method called with ``images=True``;
+    the trainer sets it back to ``False`` after the forward pass.
 
     ``engine.state.optimizer_steps`` counts optimizer steps (those a ``GradScaler`` skips included) and
     :attr:`OptimizerEvents.STEP_COMPLETED` fires after each. The ``"trainer"`` checkpoint entry (:meth:`state_dict`)
@@ -162,6 +169,7 @@ class SelfSupervisedTrainer(Trainer):
         setattr(self.state, AMP_SKIPPED_STEPS, 0)
         self._micro_batches = 0  # passes of the current accumulation window, the running one included
         self._window_files: list[str] = []  # files of the current accumulation window's batches
+        self.images_requested = False
         if train_handlers is not None:
             self._register_handlers(train_handlers)
 
@@ -211,7 +219,8 @@ class SelfSupervisedTrainer(Trainer):
         skip_sync = not steps and isinstance(engine.method, nn.parallel.DistributedDataParallel)
         with engine.method.no_sync() if skip_sync else nullcontext():
             with torch.autocast(engine.state.device.type, dtype=engine.amp_dtype, enabled=engine.amp):
-                result = engine.method(batch)
+                result = engine.method(batch, images=True) if engine.images_requested else engine.method(batch)
+            engine.images_requested = False
             losses = engine._loss_values(result, files)
             loss = result[LOSS] / engine.accumulation_steps
             (engine.scaler.scale(loss) if engine.scaler is not None else loss).backward()

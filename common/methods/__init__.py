@@ -1,4 +1,5 @@
-"""Self-supervised methods: one module each, ``forward(batch) -> {"loss", "loss/<part>", "images"}``."""
+"""Self-supervised methods: one module each, ``forward(batch) -> {"loss", "loss/<part>"}``;
+the masked-modelling ones add ``"images"`` when asked (``forward(batch, images=True)``)."""
 
 from common.methods.byol import BYOL
 from common.methods.glmae import GLMAE

@@ -57,8 +57,8 @@ class GLMAE(MAE3D):
         global_weight, global_global_weight, global_local_weight: ``b1``, ``b2``, ``b3`` of eq. 11 (all 1).
 
     ``forward({"global_views": (B, p, C, *G), "local_views": (B, q, C, *L)})`` returns ``loss``,
-    ``loss/recon_local``, ``loss/recon_global``, ``loss/consistency_gg``, ``loss/consistency_gl`` and ``images``
-    (input, masked and reconstruction of the first global and the first local view).
+    ``loss/recon_local``, ``loss/recon_global``, ``loss/consistency_gg``, ``loss/consistency_gl``, and with
+    ``images=True`` also ``images`` (input, masked and reconstruction of the first global and the first local view).
     """
 
     def __init__(
@@ -103,16 +103,19 @@ class GLMAE(MAE3D):
         prediction, cls = self.encode_decode(flat, visible)
         return flat, visible, prediction, self.head(cls).view(*views.shape[:2], -1)
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: dict, images: bool = False) -> dict:
+        """The losses of the docstring above for the batch's views; with ``images``, also the first global and local
+        view's ``"images"``, which only a snapshot needs."""
         global_views, local_views = batch[GLOBAL_VIEWS], batch[LOCAL_VIEWS]
         teacher = self.anchors(global_views.flatten(0, 1)).view(*global_views.shape[:2], -1)
-        result, images = {}, {}
+        result, shown_views = {}, {}
         for kind, views in (("global", global_views), ("local", local_views)):
             flat, visible, prediction, logits = self._student(views)
             result[f"loss/recon_{kind}"] = self.reconstruction_loss(prediction, flat, visible)
             result[f"loss/consistency_g{kind[0]}"] = self.consistency(logits, teacher)
-            shown = self.images(flat[:1], prediction[:1], visible[:1])
-            images.update({f"{kind}_{name}": shown[name] for name in ("input", "masked", "reconstruction")})
+            if images:
+                shown = self.images(flat[:1], prediction[:1], visible[:1])
+                shown_views.update({f"{kind}_{name}": shown[name] for name in ("input", "masked", "reconstruction")})
         if self.training:
             self.consistency.update_center(teacher)
         result["loss"] = (
@@ -122,5 +125,6 @@ class GLMAE(MAE3D):
             + self.weights["gl"] * result["loss/consistency_gl"]
         )
         result.update({key: value.detach() for key, value in result.items() if key != "loss"})
-        result["images"] = images
+        if images:
+            result["images"] = shown_views
         return result

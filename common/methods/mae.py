@@ -31,7 +31,8 @@ def scatter_visible(tokens: torch.Tensor, visible: torch.Tensor) -> torch.Tensor
 
 
 class MAE3D(nn.Module):
-    """MAE3D pre-training: ``forward({"image": (B, C, *S)})`` returns ``loss`` = ``loss/recon`` and ``images``.
+    """MAE3D pre-training: ``forward({"image": (B, C, *S)})`` returns ``loss`` = ``loss/recon`` (and
+    ``images`` with ``images=True``).
 
     Args:
         in_channels: image channels.
@@ -79,9 +80,14 @@ class MAE3D(nn.Module):
         """``input``, ``masked``, ``reconstruction`` and ``target`` (:func:`masked_reconstruction_images`)."""
         return masked_reconstruction_images(image, prediction, visible, self.reconstruction_loss)
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: dict, images: bool = False) -> dict:
+        """``{"loss", "loss/recon"}`` of ``batch["image"]`` (B, C, *S); with ``images``, also the first sample's
+        ``"images"`` (:meth:`images`, each (1, C, *S)), which only a snapshot needs."""
         image = batch["image"]
         visible = self.mask(image)
         prediction = self.reconstruct(image, visible)
         loss = self.reconstruction_loss(prediction, image, visible)
-        return {"loss": loss, "loss/recon": loss.detach(), "images": self.images(image[:1], prediction[:1], visible[:1])}
+        result = {"loss": loss, "loss/recon": loss.detach()}
+        if images:
+            result["images"] = self.images(image[:1], prediction[:1], visible[:1])
+        return result

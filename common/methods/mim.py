@@ -165,8 +165,8 @@ class MiM(nn.Module):
         level_schedule: reconstruction weighting over training, one of :data:`LEVEL_SCHEDULES`.
 
     ``forward({"image": (B, C, *crops[0])})`` returns ``loss``, ``loss/recon``, ``loss/contrast``,
-    ``loss/recon_level{l}``, ``loss/contrast_level{l}_{l+1}`` and ``images`` (input, masked and reconstruction of
-    every level). :attr:`progress` (fraction of training done, set by
+    ``loss/recon_level{l}``, ``loss/contrast_level{l}_{l+1}``, and with ``images=True`` also ``images`` (input,
+    masked and reconstruction of every level). :attr:`progress` (fraction of training done, set by
     :class:`common.engine.TrainingProgress`) drives ``level_schedule``.
     """
 
@@ -272,7 +272,9 @@ class MiM(nn.Module):
         pattern = "n (x p) (y q) (z r) w -> n (x y z) (p q r) w"
         return rearrange(grid, pattern, p=block[0], q=block[1], r=block[2]).mean(dim=2)
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: dict, images: bool = False) -> dict:
+        """The losses of the docstring above for ``batch["image"]`` (B, C, *S); with ``images``, also the first
+        sample's ``"images"`` of every level, which only a snapshot needs."""
         levels = self.sample_levels(batch["image"])
         outputs = [self.encode_decode(level.input, level.visible) for level in levels]
         result: dict = {}
@@ -297,9 +299,9 @@ class MiM(nn.Module):
         result["loss"] = recon_loss + self.contrast_weight * contrast_loss
         result["loss/recon"] = recon_loss.detach()
         result["loss/contrast"] = contrast_loss.detach()
-        images = {}
-        for index, (level, (prediction, _)) in enumerate(zip(levels, outputs), start=1):
-            shown = self.images(level.input[:1], prediction[:1], level.visible[:1])
-            images.update({f"level{index}_{name}": shown[name] for name in ("input", "masked", "reconstruction")})
-        result["images"] = images
+        if images:
+            result["images"] = {}
+            for index, (level, (prediction, _)) in enumerate(zip(levels, outputs), start=1):
+                shown = self.images(level.input[:1], prediction[:1], level.visible[:1])
+                result["images"].update({f"level{index}_{name}": shown[name] for name in ("input", "masked", "reconstruction")})
         return result

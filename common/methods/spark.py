@@ -43,8 +43,8 @@ class SparK(nn.Module):
         densify_norm: normalise each scale's encoder map, statistics over the visible positions only, before the
             mask tokens fill it (SparK's ``densify_norms``: sparse BatchNorm for ResNets; HySparK has none).
 
-    ``forward({"image": (B, C, *S)})`` returns ``{"loss", "loss/recon", "images"}``; ``S`` must be a
-    multiple of ``encoder.downsample_ratio``.
+    ``forward({"image": (B, C, *S)})`` returns ``{"loss", "loss/recon"}`` (and ``"images"`` with ``images=True``);
+    ``S`` must be a multiple of ``encoder.downsample_ratio``.
     """
 
     def __init__(
@@ -103,12 +103,17 @@ class SparK(nn.Module):
             to_decoder.append(project(torch.where(where, feature, token.to(feature.dtype))))
         return self.decoder(to_decoder)
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: dict, images: bool = False) -> dict:
+        """``{"loss", "loss/recon"}`` of ``batch["image"]`` (B, C, *S); with ``images``, also the first sample's
+        ``"images"`` (:meth:`images`, each (1, C, *S)), which only a snapshot needs."""
         image = batch["image"]
         visible = self.mask(image)
         prediction = self.reconstruct(image, visible)
         loss = self.loss(prediction, image, visible)
-        return {"loss": loss, "loss/recon": loss.detach(), "images": self.images(image, prediction, visible)}
+        result = {"loss": loss, "loss/recon": loss.detach()}
+        if images:
+            result["images"] = self.images(image[:1], prediction[:1], visible[:1])
+        return result
 
     def images(self, image: torch.Tensor, prediction: torch.Tensor, visible: torch.Tensor) -> dict[str, torch.Tensor]:
         """``input``, ``masked``, ``reconstruction`` and ``target`` (:func:`masked_reconstruction_images`)."""
