@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import common
-
 # The folder holding the ``common`` package: the repository root, or a packaged bundle's own folder
 # (``tools.package`` vendors ``common/`` into the bundle).
-PACKAGE_PARENT = Path(common.__file__).resolve().parent.parent
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 
 
 def bundle_root(name: str) -> str:

@@ -14,6 +14,7 @@ import logging
 import pytest
 import torch
 
+from common.layers import sincos_position_embedding
 from common.networks import (
     CLASSIFICATION_ENCODER_RENAME,
     PRETRAINED_ENCODER_RENAME,
@@ -21,7 +22,6 @@ from common.networks import (
     resnet_classifier,
     segmentation_network,
 )
-from common.networks.layers import sincos_position_embedding
 from common.transfer import load_pretrained
 from module_runner import run_module
 from tools.checkpoint_sources import get_source, sincos_check

@@ -15,11 +15,12 @@ from ignite.engine import Engine, Events
 from PIL import Image
 from torch import nn
 
-from common.data import DatalistError, intensity_statistics, slice_classification_datalist, stratified_subset
+from common.data import DatalistError, slice_classification_datalist, stratified_subset
 from common.data import slice_classification
 from common.engine import HeadFirstFineTuning, save_gradcam_overlays
 from common.networks import ResNetEncoder, resnet_classifier
 from common.transfer import load_pretrained
+from common.transforms import intensity_statistics
 from module_runner import run_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -12,9 +12,10 @@ from monai.transforms import Compose
 from PIL import Image
 
 from common.data import DatalistError, slice_datalist
+from common.data.grey_values import SLICE_WINDOWS, hu_to_uint8, hu_to_unit
 from common.data.slices import DEMO_SIZE, DEMO_SPACING, ensure_slice_demo_data, volume_names, write_slices
 from common.transforms import CT_WINDOWS
-from common.transforms.slices import SLICE_WINDOWS, hu_to_uint8, hu_to_unit, load_slice_transforms
+from common.transforms.slices import load_slice_transforms
 from tools import extract_slices as tool
 
 GREY = (np.arange(12, dtype=np.uint8).reshape(3, 4) * 20)  # 3 rows, 4 columns, 0 .. 220

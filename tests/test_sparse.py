@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from common.layers import ChannelsFirstLayerNorm
 from common.masking import random_patch_mask, upsample_mask
 from common.networks import HybridEncoder, MedNeXtEncoder
-from common.networks.layers import ChannelsFirstLayerNorm
 from common.sparse import encode_visible, resolve_backend, sparsify, visible_region
 from common.sparse.tokens import to_tokens
 

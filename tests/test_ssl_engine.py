@@ -23,11 +23,11 @@ from common.engine import (
     latest_checkpoint,
     logged_scalars,
     lr_schedule,
-    orthogonal_slices_png,
     param_groups,
     warmup_cosine,
     weight_decay_schedule,
 )
+from common.previews import orthogonal_slices_png
 
 SHAPE = (1, 8, 8, 8)
 

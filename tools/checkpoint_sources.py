@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.networks.layers import sincos_position_embedding
+from common.layers import sincos_position_embedding
 
 # A value transform: (release tensor, the tensor of the method it replaces, the whole release state) -> new value.
 Transform = Callable[[torch.Tensor, torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
@@ -192,7 +192,7 @@ def cls_with_position(position: str) -> Transform:
 
 def sincos_check(extra_tokens: int = 0) -> Callable[[torch.Tensor], str | None]:
     """A check of a release's fixed position embedding ``(1, extra_tokens + L, W)`` of a cubic grid against
-    :func:`common.networks.layers.sincos_position_embedding`, which the collection's networks add instead."""
+    :func:`common.layers.sincos_position_embedding`, which the collection's networks add instead."""
 
     def check(tensor: torch.Tensor) -> str | None:
         if tensor.dim() != 3:

@@ -17,9 +17,9 @@ import torch
 from monai.utils import set_determinism
 
 from common.data import inference_datalist
-from common.engine import orthogonal_slices_png
 from common.methods import HySparK
 from common.networks import hybrid_config
+from common.previews import orthogonal_slices_png
 from common.transforms import pretraining_train_transforms
 
 

@@ -22,18 +22,14 @@ from common.data.datalist import (
 )
 from common.data.demo import BTCV_LABELS, ensure_demo_data, generate_phantom
 from common.data.demo_classification import ensure_classification_demo_data
+from common.data.demo_slices_classification import ensure_slice_classification_demo_data
 from common.data.dicom import DicomSeriesReader
 from common.data.errors import BadInputError, BadInputPolicy, DatalistError, UnreadableFileError
+from common.data.grey_values import SLICE_WINDOWS, hu_to_uint8, hu_to_unit
 from common.data.nifti import VerifiedNibabelReader
 from common.data.screening import screen_datalist, screen_splits
-# The 2D modules import common.transforms, which imports the modules above: they come last.
+from common.data.slice_classification import slice_classification_datalist, stratified_subset
 from common.data.slices import ensure_slice_demo_data, slice_datalist
-from common.data.demo_slices_classification import ensure_slice_classification_demo_data
-from common.data.slice_classification import (
-    intensity_statistics,
-    slice_classification_datalist,
-    stratified_subset,
-)
 
 __all__ = [
     "BTCV_LABELS",
@@ -42,6 +38,7 @@ __all__ = [
     "ClassProbabilityWriter",
     "DatalistError",
     "DicomSeriesReader",
+    "SLICE_WINDOWS",
     "UnreadableFileError",
     "VerifiedNibabelReader",
     "class_names",
@@ -57,9 +54,10 @@ __all__ = [
     "ensure_slice_classification_demo_data",
     "ensure_slice_demo_data",
     "generate_phantom",
+    "hu_to_uint8",
+    "hu_to_unit",
     "image_loader",
     "inference_datalist",
-    "intensity_statistics",
     "pretraining_datalist",
     "screen_datalist",
     "screen_splits",

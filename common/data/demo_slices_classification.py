@@ -4,7 +4,7 @@
 ``NCP``, ``Normal``: a consolidation, ground-glass opacities, or no finding in the lung bases). Of each case the
 :data:`SLICES_PER_CASE` axial slices showing the most of its finding (``CP``, ``NCP``) or of its lungs
 (``Normal``) are kept, so that every slice shows what its label says; cases with too little of it are skipped. A slice is mapped with the study's interval
-mapping (-1024..3071 HU -> 0..255, :func:`common.transforms.slices.hu_to_uint8`), padded with air to a square and
+mapping (-1024..3071 HU -> 0..255, :func:`common.data.grey_values.hu_to_uint8`), padded with air to a square and
 resized to ``size`` pixels (bilinear). Cases, not slices, are split, so no case has slices in two splits.
 
 Layout (class folders per split, with a datalist json; see :func:`common.data.slice_classification_datalist`)::
@@ -29,7 +29,7 @@ from common.data.demo import generate_phantom
 from common.data.demo_classification import CLASS_NAMES, DEFAULT_ROOT as VOLUME_DEMO_ROOT, DEFAULT_SHAPE
 from common.data.demo_classification import DEFAULT_SPACING, generate_case, lung_mask
 from common.data.generated import ensure_generated
-from common.transforms.slices import hu_to_uint8
+from common.data.grey_values import hu_to_uint8
 
 ENV_ROOT = "CT_SSL_SLICE_CLASSIFICATION_DEMO_DIR"
 DEFAULT_ROOT = VOLUME_DEMO_ROOT.parent / "demo_ct_slice_classification"

@@ -1,5 +1,5 @@
-"""Labelled 2D CT slices: datalists with training / validation / test splits, class-stratified training subsets
-(the dataset reduction of Wolf et al. 2023) and the intensity statistics of the normalisation.
+"""Labelled 2D CT slices: datalists with training / validation / test splits and class-stratified training subsets
+(the dataset reduction of Wolf et al. 2023).
 
 A slice classification datalist is a dict::
 
@@ -30,7 +30,6 @@ layout needs a test list. Class folders are numbered in the order of their names
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -39,7 +38,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from monai.transforms import Compose
 from PIL import Image
 
 from common.data.classification import stratified_split
@@ -47,7 +45,6 @@ from common.data.datalist import absolute_path
 from common.data.errors import DatalistError
 from common.data.generated import ensure_generated
 from common.data.slices import SLICE_SUFFIXES
-from common.transforms.slices import load_slice_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +286,7 @@ def _write_medmnist_pngs(path: Path, folder: Path, stamp: dict) -> None:
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=1) + "\n")
 
 
-# ------------------------------------------------------------------------------------ subsets, statistics
+# ---------------------------------------------------------------------------------------------- subsets
 
 
 def stratified_subset(items: Sequence[dict], fraction: float, seed: int = 0) -> list[dict]:
@@ -323,31 +320,3 @@ def stratified_subset(items: Sequence[dict], fraction: float, seed: int = 0) -> 
         members = rng.permutation(np.flatnonzero(labels == label))
         kept.update(members[: max(1, round(fraction * len(members)))].tolist())
     return [entry for index, entry in enumerate(items) if index in kept]
-
-
-def intensity_statistics(items: Sequence[dict], key: str = "image") -> tuple[float, float]:
-    """Mean and standard deviation of every pixel of the images of ``items``, as loaded for training (``[0, 1]``).
-
-    The values of the dataset normalisation (``NormalizeIntensityd(subtrahend=mean, divisor=std)``). Each pixel
-    counts once, at the image's own size. The result is cached in memory per list of files (path, size and
-    modification time), so the many runs of a dataset-reduction study in one process read the images once;
-    pass the whole training split (the statistics need no labels), not a reduced subset, to share it.
-
-    Raises:
-        DatalistError: ``items`` is empty.
-    """
-    if not items:
-        raise DatalistError("intensity_statistics needs at least one image")
-    files = tuple((str(entry[key]), os.path.getsize(entry[key]), os.path.getmtime(entry[key])) for entry in items)
-    return _cached_statistics(files)
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_statistics(files: tuple[tuple[str, int, float], ...]) -> tuple[float, float]:
-    load = Compose(load_slice_transforms(["image"]))
-    count, total, squares = 0, 0.0, 0.0
-    for path, _, _ in files:
-        pixels = load({"image": path})["image"].double()
-        count, total, squares = count + pixels.numel(), total + float(pixels.sum()), squares + float((pixels**2).sum())
-    mean = total / count
-    return mean, max(squares / count - mean**2, 0.0) ** 0.5

@@ -9,7 +9,7 @@ Extraction (:func:`write_slices`): every ``every``-th axial slice of each CT vol
 by :func:`common.data.image_loader`), oriented L, P, S and shown as :mod:`common.data.demo` describes under
 Geometry: ``volume[:, :, k].T``, anterior at the top, the patient's right on the left of the image
 (radiological display). Slice ``k`` counts from inferior to superior. Grey values follow
-:func:`common.transforms.slices.hu_to_unit` (PNG: times 255, rounded; NPY: float32 in ``[0, 1]``). In-plane
+:func:`common.data.grey_values.hu_to_unit` (PNG: times 255, rounded; NPY: float32 in ``[0, 1]``). In-plane
 resampling and padding are optional (the paper keeps the scanner's 512 x 512 grid).
 
 ``python -m common.data.slices [--root DIR]`` generates the demo slices (or finds them) and prints where.
@@ -32,7 +32,7 @@ from common.data.dicom import DICOM_SUFFIXES
 from common.data.demo import ensure_demo_data
 from common.data.errors import DatalistError
 from common.data.generated import ensure_generated, read_dataset_json
-from common.transforms.slices import hu_to_unit
+from common.data.grey_values import hu_to_unit
 
 SLICE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
 DATALIST_NAME = "datalist.json"
@@ -187,7 +187,7 @@ def write_slices(
     Args:
         datalist: the volumes, ``[{"image": NIfTI path or DICOM series file list}, ...]`` (:mod:`common.data`).
         output_dir: the folder to write into (created).
-        window: grey-value mapping, a key of :data:`common.transforms.slices.SLICE_WINDOWS`.
+        window: grey-value mapping, a key of :data:`common.data.grey_values.SLICE_WINDOWS`.
         fmt: ``"png"`` (8-bit, value = round(255 * unit)) or ``"npy"`` (float32 in ``[0, 1]``).
         every: keep every ``every``-th slice (1: all).
         spacing, size: in-plane resampling and padding (see :func:`volume_transforms`).

@@ -23,7 +23,7 @@ from common.engine.schedules import (
     weight_decay_schedule,
 )
 from common.engine.progress import TrainingProgress
-from common.engine.snapshots import ReconstructionSnapshots, orthogonal_slices_png
+from common.engine.snapshots import ReconstructionSnapshots
 from common.engine.tracking import tracking_uri
 from common.engine.trainer import OptimizerEvents, SelfSupervisedTrainer, logged_scalars
 from common.engine.trainer_state import TrainerState
@@ -51,7 +51,6 @@ __all__ = [
     "latest_checkpoint",
     "logged_scalars",
     "lr_schedule",
-    "orthogonal_slices_png",
     "param_groups",
     "prepare_checkpoint_dir",
     "prepare_output_dir",

@@ -1,30 +1,17 @@
-"""Momentum (EMA) teacher update after every optimizer step, with the BYOL / DINO cosine momentum schedule."""
+"""Momentum (EMA) teacher update after every optimizer step, with the BYOL / DINO cosine momentum schedule.
+
+The update itself is the method's ``update_teacher`` (:func:`common.methods.momentum.momentum_update`).
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from common.engine.schedules import warmup_cosine
 from common.engine.trainer import OptimizerEvents, SelfSupervisedTrainer
-
-
-@torch.no_grad()
-def momentum_update(teacher: Sequence[nn.Module], student: Sequence[nn.Module], momentum: float) -> None:
-    """``teacher <- momentum * teacher + (1 - momentum) * student``, parameter by parameter, in place.
-
-    The ``update_teacher`` of every method with a momentum network calls this (MoCo's key encoder, BYOL's target,
-    GL-MAE's teacher); the modules of ``teacher`` and ``student`` pair up in order and must hold the same
-    parameters.
-    """
-    teacher_parameters = [p for module in teacher for p in module.parameters()]
-    student_parameters = [p.detach() for module in student for p in module.parameters()]
-    torch._foreach_mul_(teacher_parameters, momentum)
-    torch._foreach_add_(teacher_parameters, student_parameters, alpha=1 - momentum)
 
 
 def _unwrapped(method: object) -> object:

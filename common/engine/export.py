@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from common.engine.trainer import as_plain_tensor
+from common.tensors import as_plain_tensor
 
 
 class MaskedReconstructionInferer:

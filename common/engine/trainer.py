@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from ignite.engine import EventEnum
-from monai.data import MetaTensor
 from monai.engines import Trainer
 from monai.engines.workflow import Workflow
 from torch import nn
@@ -36,6 +35,7 @@ from torch.utils.data import DataLoader
 from common.engine.batches import batch_files
 from common.engine.nonfinite import AMP_SKIPPED_STEPS, gradient_norm, non_finite_error, record_skipped_step
 from common.engine.trainer_state import amp_state, load_amp_state
+from common.tensors import as_plain_tensor
 
 LOSS = "loss"
 STAT = "stat"
@@ -64,11 +64,6 @@ def logged_scalars(output: Mapping[str, Any]) -> dict[str, float]:
         for key, value in output.items()
         if key == LOSS or key.startswith(LOSS + "/") or key.startswith(STAT + "/")
     }
-
-
-def as_plain_tensor(value: torch.Tensor) -> torch.Tensor:
-    """``value`` without MONAI's meta data (a no-op for plain tensors)."""
-    return value.as_tensor() if isinstance(value, MetaTensor) else value
 
 
 class SelfSupervisedTrainer(Trainer):

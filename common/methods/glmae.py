@@ -25,9 +25,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from common.engine.ema import momentum_update
 from common.losses import GlobalGuidedConsistencyLoss
 from common.methods.mae import MAE3D
+from common.methods.momentum import momentum_update
 from common.transforms.views import GLOBAL_VIEWS, LOCAL_VIEWS
 
 

@@ -29,8 +29,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from common.engine.ema import momentum_update
 from common.losses import InfoNCELoss, embedding_std
+from common.methods.momentum import momentum_update
 from common.networks.heads import projection_mlp
 from common.networks.resnet import ResNetEncoder
 from common.transforms.views2d import VIEWS

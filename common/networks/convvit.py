@@ -21,8 +21,8 @@ import torch
 from monai.networks.blocks import TransformerBlock, UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from torch import nn
 
+from common.layers import ChannelsFirstLayerNorm, depthwise_conv_input, sincos_position_embedding
 from common.masking import upsample_mask
-from common.networks.layers import ChannelsFirstLayerNorm, depthwise_conv_input, sincos_position_embedding
 
 # The paper's backbone, and the small one the bundles use on a CPU (same structure).
 PAPER_CONVVIT = {"widths": (48, 96, 192, 384), "depths": (2, 2, 2, 11), "num_heads": 12}

@@ -16,7 +16,7 @@ from monai.networks.blocks import TransformerBlock, UnetOutBlock, UnetResBlock
 from monai.networks.blocks.mednext_block import MedNeXtBlock, MedNeXtUpBlock
 from torch import nn
 
-from common.networks.layers import ChannelsFirstLayerNorm, sincos_position_embedding
+from common.layers import ChannelsFirstLayerNorm, sincos_position_embedding
 from common.sparse.tokens import from_tokens, to_tokens
 
 # The paper's encoder, and the small one the bundles use on a CPU (same structure, ~1/16 of the compute).

@@ -7,7 +7,7 @@ import torch
 from monai.networks.blocks import TransformerBlock
 from torch import nn
 
-from common.networks.layers import sincos_position_embedding
+from common.layers import sincos_position_embedding
 
 
 class MAEDecoder(nn.Module):

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from common.layers import ChannelsFirstLayerNorm
 from common.masking import upsample_mask
-from common.networks.layers import ChannelsFirstLayerNorm
 from common.sparse import layers
 from common.sparse.context import visible_region
 from common.sparse.spconv_ops import is_sparse, to_dense, to_sparse

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.networks.layers import ChannelsFirstLayerNorm, depthwise_conv_input
+from common.layers import ChannelsFirstLayerNorm, depthwise_conv_input
 from common.sparse.context import remask, visible_like
 from common.sparse.spconv_ops import is_sparse, per_sample_statistics, sparse_conv, sparse_max_pool
 
@@ -158,7 +158,7 @@ class SparseInstanceNorm3d(_SparseInstanceNorm, nn.InstanceNorm3d):
 
 
 class SparseChannelsFirstLayerNorm(ChannelsFirstLayerNorm):
-    """:class:`~common.networks.layers.ChannelsFirstLayerNorm`: per position, so only re-masking is needed."""
+    """:class:`~common.layers.ChannelsFirstLayerNorm`: per position, so only re-masking is needed."""
 
     def forward(self, x):
         if is_sparse(x):

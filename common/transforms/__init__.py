@@ -1,8 +1,5 @@
 """CT intensity presets and the standard MONAI transform pipelines of the collection."""
 
-# common.data first: its 2D modules import common.transforms.slices -> common.transforms.checks -> common.data.*;
-# were common.transforms.checks the module to start common.data's initialisation, that cycle would find it half-done.
-import common.data  # noqa: F401
 from common.transforms.checks import CheckCTd, CheckFinited, CheckLabelsd, checked_loader, ct_checks
 from common.transforms.classification import (
     classification_postprocessing,
@@ -21,10 +18,11 @@ from common.transforms.slice_pretraining import (
     slice_pretraining_transforms,
 )
 from common.transforms.slice_classification import (
+    intensity_statistics,
     slice_classification_preprocessing,
     slice_classification_train_transforms,
 )
-from common.transforms.slices import SLICE_WINDOWS, hu_to_uint8, hu_to_unit, load_slice_transforms
+from common.transforms.slices import load_slice_transforms
 from common.transforms.views import RandGlobalLocalViewsd, global_local_train_transforms
 from common.transforms.views2d import (
     MultiViewd,
@@ -50,7 +48,6 @@ __all__ = [
     "MultiViewd",
     "RandGlobalLocalViewsd",
     "RandResizedCropd",
-    "SLICE_WINDOWS",
     "SaveReconstructionPngd",
     "checked_loader",
     "classification_postprocessing",
@@ -61,8 +58,7 @@ __all__ = [
     "ct_window",
     "global_local_train_transforms",
     "grey_jitter",
-    "hu_to_uint8",
-    "hu_to_unit",
+    "intensity_statistics",
     "load_ct",
     "load_slice_transforms",
     "multi_crop_train_transforms",

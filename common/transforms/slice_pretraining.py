@@ -16,7 +16,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import Compose, DivisiblePadd, MapTransform, RandFlipd
 
-from common.engine.snapshots import orthogonal_slices_png
+from common.previews import orthogonal_slices_png
 from common.transforms.slices import load_slice_transforms
 from common.transforms.views2d import RandResizedCropd
 
@@ -49,7 +49,7 @@ class SaveReconstructionPngd(MapTransform):
     Args:
         keys: the key of the stacked images (``"pred"``).
         names: the image names, in channel order (e.g. input, masked, reconstruction); written to the PNG's
-            ``columns`` text chunk (:func:`common.engine.orthogonal_slices_png`).
+            ``columns`` text chunk (:func:`common.previews.orthogonal_slices_png`).
         output_dir: the folder of the PNGs (created).
         source_key: the key whose meta data names the slice file.
     """

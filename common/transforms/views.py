@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import Compose, MapTransform, Randomizable
 
-from common.engine.trainer import as_plain_tensor
+from common.tensors import as_plain_tensor
 from common.transforms.pretraining import load_body_ct
 
 GLOBAL_VIEWS = "global_views"

@@ -34,7 +34,7 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
-from common.engine.trainer import as_plain_tensor
+from common.tensors import as_plain_tensor
 from common.transforms.slices import load_slice_transforms
 
 VIEWS = "views"

@@ -1,4 +1,4 @@
-"""Small layers MONAI does not have."""
+"""Small layers MONAI does not have, used by the networks and by their sparse-aware versions (``common.sparse``)."""
 
 from __future__ import annotations
 
