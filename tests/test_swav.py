@@ -142,6 +142,15 @@ def test_prototypes_get_no_gradient_during_the_freeze_then_do():
     assert int(method.iterations) == 3 and "iterations" in method.state_dict()
 
 
+def test_state_dict_keys_outside_the_encoder_are_those_of_earlier_checkpoints():
+    """The prototypes' module keeps ``nn.Linear``'s ``prototypes.weight`` and the method its ``iterations`` counter,
+    so checkpoints saved before it existed, and tools/checkpoint_sources.py's mapping, still load."""
+    keys = [key for key in tiny_swav().state_dict() if not key.startswith("encoder.")]
+    projector = [f"projector.{i}.{name}" for i, name in [(0, "weight"), (0, "bias"), (1, "weight"), (1, "bias")]]
+    batch_norm = [f"projector.1.{name}" for name in ("running_mean", "running_var", "num_batches_tracked")]
+    assert keys == ["iterations", *projector, *batch_norm, "projector.3.weight", "projector.3.bias", "prototypes.weight"]
+
+
 def test_encoder_state_dict_loads_into_the_downstream_resnet():
     from common.networks import resnet_classifier
 

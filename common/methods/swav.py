@@ -7,17 +7,18 @@ The contrastive method without pairwise comparisons of the 2D study (Wolf et al.
    crops of 96 per slice;
 1. every crop goes through the ResNet encoder (pooled, 2048) and the projection head (2048-2048-128, BN, ReLU);
    the embeddings ``z`` are L2-normalised;
-2. their scores against ``K`` L2-normalised prototypes ``C`` (a bias-free linear layer): ``z^T C``;
+2. their scores against ``K`` L2-normalised prototypes ``C`` (:class:`~common.networks.heads.SwAVPrototypes`, a
+   bias-free linear layer): ``z^T C``;
 3. codes ``q`` of the global crops by Sinkhorn-Knopp (:func:`~common.losses.sinkhorn_knopp`, eq. 3), and the
    swapped prediction of each global crop's codes from every other crop (:class:`~common.losses.SwAVLoss`,
    eq. 1-2).
 
-As in the official code, the prototypes are L2-normalised at the start of every training forward (the same as
-normalising them after every optimizer step) and receive no gradient during the first
-``freeze_prototypes_iterations`` training forwards (the official code drops their gradient after the backward
-pass; here the scores use the detached weight, so their ``.grad`` stays ``None`` and the optimizer skips them:
-``multi_gpu_train.json`` therefore sets ``find_unused_parameters``). The forwards are counted by a buffer, saved
-with the checkpoint, so a resumed run keeps the schedule; with gradient accumulation they count micro-batches.
+As in the official code, the prototypes are L2-normalised in every training forward (the same as normalising them
+after every optimizer step) and receive no gradient during the first ``freeze_prototypes_iterations`` training
+forwards (the official code drops their gradient after the backward pass; here the scores use the detached weight,
+so their ``.grad`` stays ``None`` and the optimizer skips them: ``multi_gpu_train.json`` therefore sets
+``find_unused_parameters``). The forwards are counted by the method's ``iterations`` buffer, saved with the
+checkpoint, so a resumed run keeps the schedule; with gradient accumulation they count micro-batches.
 
 No feature queue: the study trains with batches of 128 and no queue (official code: ``queue_length`` 0).
 """
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.losses import SwAVLoss, embedding_std
-from common.networks.heads import projection_mlp
+from common.networks.heads import SwAVPrototypes, projection_mlp
 from common.networks.resnet import ResNetEncoder
 from common.transforms.views2d import GLOBAL_VIEWS, LOCAL_VIEWS
 
@@ -75,19 +76,9 @@ class SwAV(nn.Module):
         super().__init__()
         self.encoder = ResNetEncoder(depth=depth, spatial_dims=2, in_channels=in_channels)
         self.projector = projection_mlp(self.encoder.feature_channels[-1], hidden_features, embedding_dim)
-        self.prototypes = nn.Linear(embedding_dim, num_prototypes, bias=False)
+        self.prototypes = SwAVPrototypes(embedding_dim, num_prototypes, freeze_prototypes_iterations)
         self.swav = SwAVLoss(temperature, epsilon, sinkhorn_iterations)
-        self.freeze_prototypes_iterations = freeze_prototypes_iterations
         self.register_buffer("iterations", torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def normalize_prototypes(self) -> None:
-        """Project every prototype back onto the unit sphere (in place)."""
-        self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
-
-    def prototypes_frozen(self) -> bool:
-        """Whether the next training forward leaves the prototypes without gradient."""
-        return int(self.iterations) < self.freeze_prototypes_iterations
 
     def embed(self, views: torch.Tensor) -> torch.Tensor:
         """``(B, n, C, H, W)`` crops of one size -> pooled encoder features ``(B, n, 2048)``, one encoder pass."""
@@ -96,14 +87,12 @@ class SwAV(nn.Module):
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         global_views = batch[GLOBAL_VIEWS]
         crops = [global_views] + ([batch[LOCAL_VIEWS]] if batch.get(LOCAL_VIEWS) is not None else [])
-        frozen = self.training and self.prototypes_frozen()
+        frozen = self.training and self.prototypes.frozen(self.iterations)
         if self.training:
-            self.normalize_prototypes()
             self.iterations += 1
         features = torch.cat([self.embed(views) for views in crops], dim=1)  # (B, V, 2048)
         embeddings = F.normalize(self.projector(features.flatten(0, 1)), dim=-1)  # (B * V, D)
-        weight = self.prototypes.weight.detach() if frozen else self.prototypes.weight
-        scores = F.linear(embeddings, weight).unflatten(0, features.shape[:2])  # (B, V, K)
+        scores = self.prototypes(embeddings, frozen).unflatten(0, features.shape[:2])  # (B, V, K)
         loss = self.swav(scores, assigned_views=global_views.shape[1])
         with torch.no_grad():
             mean_prediction = F.softmax(scores.float() / self.swav.temperature, dim=-1).flatten(0, 1).mean(dim=0)
