@@ -238,7 +238,11 @@ def interruptible_run(tmp_path, signum=None, at_iteration=None, accumulation_ste
     epochs; ``signum`` sent to this process during iteration ``at_iteration``. Returns (trainer, method)."""
     method = ToyMethod()
     trainer = ssl_trainer(cases(3), method=method, max_epochs=2, accumulation_steps=accumulation_steps)
-    handlers = [GracefulInterrupt(str(tmp_path), mlflow_handler=mlflow_handler), MidEpochResume(), lr_schedule(trainer.optimizer, lr=0.1, min_lr=0.01, warmup_iterations=2)]
+    handlers = [
+        GracefulInterrupt(str(tmp_path), mlflow_handler=mlflow_handler),
+        MidEpochResume(),
+        lr_schedule(trainer.optimizer, lr=0.1, min_lr=0.01, warmup_iterations=2),
+    ]
     for handler in handlers:
         handler.attach(trainer)
     if signum is not None:
@@ -296,7 +300,7 @@ def test_signal_checkpoints_the_iteration_and_resume_ends_where_an_uninterrupted
 
 
 def test_mid_epoch_resume_skips_nothing_of_a_new_random_order():
-    """Shuffled data draws a new order on resume: the rest of the epoch is not skipped (that would only cost loading)."""
+    """Shuffled data draws a new order on resume: nothing of the epoch is skipped (that would only cost loading)."""
     shuffled = DataLoader(cases(3), batch_size=1, shuffle=True)
     trainer = ssl_trainer(cases(3))
     trainer.state.dataloader, trainer.state.epoch_length, trainer.state.iteration = shuffled, 3, 1

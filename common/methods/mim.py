@@ -303,5 +303,7 @@ class MiM(nn.Module):
             result["images"] = {}
             for index, (level, (prediction, _)) in enumerate(zip(levels, outputs), start=1):
                 shown = self.images(level.input[:1], prediction[:1], level.visible[:1])
-                result["images"].update({f"level{index}_{name}": shown[name] for name in ("input", "masked", "reconstruction")})
+                result["images"].update(
+                    {f"level{index}_{name}": shown[name] for name in ("input", "masked", "reconstruction")}
+                )
         return result

@@ -28,10 +28,11 @@ class SwAVPrototypes(nn.Module):
     weight gets no gradient during the first ``freeze_iterations`` training forwards.
 
     As in the official code, the prototypes are L2-normalised before every training forward's scores (the same as
-    normalising them after every optimizer step); in evaluation they are left as they are. While frozen, the scores use the detached weight, so its ``.grad``
-    stays ``None`` and the optimizer skips it (the official code drops the gradient after the backward pass). The
-    module holds no counter: the method counts its training forwards (a buffer saved with its checkpoint) and asks
-    :meth:`frozen`. The weight is initialised as ``nn.Linear``'s and saved as ``weight``, as ``nn.Linear``'s is.
+    normalising them after every optimizer step); in evaluation they are left as they are. While frozen, the scores
+    use the detached weight, so its ``.grad`` stays ``None`` and the optimizer skips it (the official code drops the
+    gradient after the backward pass). The module holds no counter: the method counts its training forwards (a buffer
+    saved with its checkpoint) and asks :meth:`frozen`. The weight is initialised as ``nn.Linear``'s and saved as
+    ``weight``, as ``nn.Linear``'s is.
 
     Args:
         embedding_dim: the embeddings' width ``D`` (SwAV: 128).
