@@ -91,24 +91,41 @@ class SparK(nn.Module):
         return random_patch_mask(image.shape[0], grid, self.mask_ratio, generator, image.device)
 
     def reconstruct(self, image: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """Decoder output ``(B, C, *S)`` (per-patch normalised units) from the visible part of ``image``."""
+        """Decoder output ``(B, C, *S)`` (per-patch normalised units) from the visible part of ``image``.
+
+        Args:
+            image: ``(B, C, *S)``.
+            visible: ``(B, 1, *grid)`` bool, ``True`` where a patch is kept; ``grid = S / patch_size``.
+        """
+        # 2. encode the visible patches only: the encoder returns features[j] (B, C_j, *S_j), finest first,
+        #    exactly zero at masked positions; keep the num_levels coarsest, coarse to fine: features[i] is
+        #    (B, C_i, *grid * 2^i), C_i the i-th of reversed(encoder.feature_channels).
         backend = resolve_backend(self.sparse_backend, image.device)
         features = list(reversed(encode_visible(self.encoder, image, visible, backend)))[: self.num_levels]
+
+        # 3. densify each scale i: (optional) normalise with statistics over the visible positions, fill the
+        #    masked positions with the mask token (1, C_i, 1, ...) and project C_i -> decoder_width / 2^i.
         if self.densify_norms is not None:
             with visible_region(visible):
                 features = [norm(feature) for norm, feature in zip(self.densify_norms, features)]
         to_decoder = []
         for feature, token, project in zip(features, self.mask_tokens, self.densify):
-            where = upsample_mask(visible, feature.shape[2:])
+            where = upsample_mask(visible, feature.shape[2:])  # (B, 1, *S_i) bool
             to_decoder.append(project(torch.where(where, feature, token.to(feature.dtype))))
+
+        # 4. decode coarse to fine, to_decoder[0] (B, decoder_width, *grid) first, skips added or fused at
+        #    every finer scale: (B, C, *S).
         return self.decoder(to_decoder)
 
     def forward(self, batch: dict, images: bool = False) -> dict:
         """``{"loss", "loss/recon"}`` of ``batch["image"]`` (B, C, *S); with ``images``, also the first sample's
         ``"images"`` (:meth:`images`, each (1, C, *S)), which only a snapshot needs."""
-        image = batch["image"]
+        image = batch["image"]  # (B, C, *S)
+        # 1. mask: visible (B, 1, *grid) bool, True where a patch is kept, grid = S / patch_size.
         visible = self.mask(image)
+        # 2.-4. encode the visible patches, densify, decode (:meth:`reconstruct`): prediction (B, C, *S).
         prediction = self.reconstruct(image, visible)
+        # 5. loss on the masked patches only: MSE against the per-patch normalised image, a scalar.
         loss = self.loss(prediction, image, visible)
         result = {"loss": loss, "loss/recon": loss.detach()}
         if images:

@@ -60,9 +60,12 @@ class LightDecoder(nn.Module):
         self.head = Convolution(spatial_dims, self.widths[-1], out_channels, kernel_size=1, conv_only=True)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        x = features[0]
+        x = features[0]  # (B, width, *S / 2^num_upsamples)
         for i, block in enumerate(self.blocks):
-            if 0 < i < len(features):
-                x = x + features[i] if self.skip == "add" else self.fuse[i - 1](torch.cat((x, features[i]), dim=1))
-            x = block(x)
-        return self.head(x)
+            if 0 < i < len(features):  # x and features[i]: (B, width / 2^i, *S / 2^(num_upsamples - i))
+                if self.skip == "add":
+                    x = x + features[i]
+                else:  # concat: (B, 2 * width / 2^i, ...) fused back to width / 2^i channels
+                    x = self.fuse[i - 1](torch.cat((x, features[i]), dim=1))
+            x = block(x)  # doubles the size, halves the channels
+        return self.head(x)  # (B, out_channels, *S)

@@ -21,13 +21,37 @@ from common.sparse.context import remask, visible_like
 from common.sparse.spconv_ops import is_sparse, per_sample_statistics, sparse_conv, sparse_max_pool
 
 
-class _SparseConv:
+class SparseLayer:
+    """The back-end dispatch shared by every sparse layer; a layer says what it does per back-end.
+
+    ``forward(x)`` calls one of
+
+    * ``forward_sparse(x)`` for a :class:`spconv.pytorch.SparseConvTensor` (``spconv`` back-end);
+    * :meth:`forward_dense` for a dense tensor with no active mask at its size: the dense parent's ``forward``;
+    * ``forward_masked(x, mask)`` for a dense ``(B, C, *S)`` tensor inside
+      :func:`~common.sparse.context.visible_region` (``masked`` back-end), with ``mask`` ``(B, 1, *S)`` bool.
+
+    Listed before the PyTorch layer in the bases, so ``super()`` here is that layer.
+    """
+
     def forward(self, x):
         if is_sparse(x):
-            return sparse_conv(x, self)
-        if visible_like(x) is None:  # no mask: exactly the dense convolution
-            return super().forward(x)
-        return remask(super().forward(depthwise_conv_input(x, self)))
+            return self.forward_sparse(x)
+        mask = visible_like(x)
+        if mask is None:
+            return self.forward_dense(x)
+        return self.forward_masked(x, mask)
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+
+class _SparseConv(SparseLayer):
+    def forward_sparse(self, x):
+        return sparse_conv(x, self)
+
+    def forward_masked(self, x, mask):
+        return remask(self.forward_dense(depthwise_conv_input(x, self)))
 
 
 class SparseConv2d(_SparseConv, nn.Conv2d):
@@ -38,14 +62,12 @@ class SparseConv3d(_SparseConv, nn.Conv3d):
     """:class:`torch.nn.Conv3d` on visible positions (depth-wise and strided included)."""
 
 
-class _SparseMaxPool:
-    def forward(self, x):
-        if is_sparse(x):
-            return sparse_max_pool(x, self)
-        mask = visible_like(x)
-        if mask is None:
-            return super().forward(x)
-        pooled = super().forward(x.masked_fill(~mask, float("-inf")))
+class _SparseMaxPool(SparseLayer):
+    def forward_sparse(self, x):
+        return sparse_max_pool(x, self)
+
+    def forward_masked(self, x, mask):
+        pooled = self.forward_dense(x.masked_fill(~mask, float("-inf")))
         return torch.where(visible_like(pooled), pooled, 0.0)
 
 
@@ -65,20 +87,18 @@ def _on_visible_rows(x: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
     return out.movedim(-1, 1)
 
 
-class _SparseBatchNorm:
+class _SparseBatchNorm(SparseLayer):
     """Batch statistics (and running statistics) over the visible positions of the whole batch."""
 
     def _check_input_dim(self, input):
         if input.dim() != 2:  # the (N, C) rows of the visible positions
             super()._check_input_dim(input)
 
-    def forward(self, x):
-        if is_sparse(x):
-            return x.replace_feature(super().forward(x.features))
-        mask = visible_like(x)
-        if mask is None:
-            return super().forward(x)
-        return _on_visible_rows(x, mask, super().forward)
+    def forward_sparse(self, x):
+        return x.replace_feature(self.forward_dense(x.features))
+
+    def forward_masked(self, x, mask):
+        return _on_visible_rows(x, mask, self.forward_dense)
 
 
 class SparseBatchNorm2d(_SparseBatchNorm, nn.BatchNorm2d):
@@ -112,41 +132,49 @@ def _affine(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
     return x * weight.view(shape) + bias.view(shape)
 
 
-class SparseGroupNorm(nn.GroupNorm):
+class _SparseGroupStatistics(SparseLayer):
+    """Per-sample statistics over the visible positions of each of the ``statistics_groups`` channel groups, then the affine."""
+
+    def forward_sparse(self, x):
+        centered, inv_std = per_sample_statistics(x, self.statistics_groups, self.eps)
+        normed = (centered * inv_std).reshape(x.features.shape)
+        return x.replace_feature(_affine(normed, self.weight, self.bias, 1))
+
+    def forward_masked(self, x, mask):
+        normed = _masked_group_norm(x, mask, self.statistics_groups, self.eps)
+        return _affine(normed, self.weight, self.bias, 1) * mask
+
+
+class SparseGroupNorm(_SparseGroupStatistics, nn.GroupNorm):
     """:class:`torch.nn.GroupNorm` whose per-sample statistics use visible positions only.
 
     MedNeXt normalises with ``GroupNorm(C, C)``, i.e. per-channel instance statistics; masked positions
     would otherwise pull every mean towards zero.
     """
 
-    def forward(self, x):
-        if is_sparse(x):
-            centered, inv_std = per_sample_statistics(x, self.num_groups, self.eps)
-            normed = (centered * inv_std).reshape(x.features.shape)
-            return x.replace_feature(_affine(normed, self.weight, self.bias, 1))
-        mask = visible_like(x)
-        if mask is None:
-            return super().forward(x)
-        normed = _masked_group_norm(x, mask, self.num_groups, self.eps)
-        return _affine(normed, self.weight, self.bias, 1) * mask
+    @property
+    def statistics_groups(self) -> int:
+        return self.num_groups
 
 
-class _SparseInstanceNorm:
+class _SparseInstanceNorm(_SparseGroupStatistics):
     """Instance statistics over visible positions (no running statistics in the sparse modes)."""
 
-    def forward(self, x):
-        sparse_input = is_sparse(x)
-        mask = None if sparse_input else visible_like(x)
-        if not sparse_input and mask is None:
-            return super().forward(x)
+    @property
+    def statistics_groups(self) -> int:
+        return self.num_features
+
+    def forward_sparse(self, x):
+        self._check_no_running_stats()
+        return super().forward_sparse(x)
+
+    def forward_masked(self, x, mask):
+        self._check_no_running_stats()
+        return super().forward_masked(x, mask)
+
+    def _check_no_running_stats(self) -> None:
         if self.track_running_stats:
             raise NotImplementedError("sparse InstanceNorm with running statistics is not supported")
-        if sparse_input:
-            centered, inv_std = per_sample_statistics(x, self.num_features, self.eps)
-            normed = (centered * inv_std).reshape(x.features.shape)
-            return x.replace_feature(_affine(normed, self.weight, self.bias, 1))
-        normed = _masked_group_norm(x, mask, self.num_features, self.eps)
-        return _affine(normed, self.weight, self.bias, 1) * mask
 
 
 class SparseInstanceNorm2d(_SparseInstanceNorm, nn.InstanceNorm2d):
@@ -157,22 +185,24 @@ class SparseInstanceNorm3d(_SparseInstanceNorm, nn.InstanceNorm3d):
     """:class:`torch.nn.InstanceNorm3d` over visible positions."""
 
 
-class SparseChannelsFirstLayerNorm(ChannelsFirstLayerNorm):
+class SparseChannelsFirstLayerNorm(SparseLayer, ChannelsFirstLayerNorm):
     """:class:`~common.layers.ChannelsFirstLayerNorm`: per position, so only re-masking is needed."""
 
-    def forward(self, x):
-        if is_sparse(x):
-            return x.replace_feature(nn.functional.layer_norm(x.features, self.normalized_shape, self.weight, self.bias, self.eps))
-        return remask(super().forward(x))
+    def forward_sparse(self, x):
+        return x.replace_feature(nn.functional.layer_norm(x.features, self.normalized_shape, self.weight, self.bias, self.eps))
+
+    def forward_masked(self, x, mask):
+        return self.forward_dense(x) * mask
 
 
-class _SparsePointwise:
+class _SparsePointwise(SparseLayer):
     """Element-wise layers that keep zeros at zero (activations, dropout): applied to the stored features only."""
 
-    def forward(self, x):
-        if is_sparse(x):
-            return x.replace_feature(super().forward(x.features))
-        return super().forward(x)
+    def forward_sparse(self, x):
+        return x.replace_feature(self.forward_dense(x.features))
+
+    def forward_masked(self, x, mask):
+        return self.forward_dense(x)
 
 
 class SparseGELU(_SparsePointwise, nn.GELU):
