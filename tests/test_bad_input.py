@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+import torch.distributed as dist
 from monai.transforms import Compose, LoadImaged
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
@@ -286,6 +287,33 @@ def test_skip_policy_reports_bad_inputs_and_keeps_the_good_ones(tmp_path, caplog
     assert "expected integers 0..13" in rows[3][1]
     assert "skipping bad input" in caplog.text and "left out 3 of 4 inputs" in caplog.text
     assert f"listed in {report}" in caplog.text
+
+
+def _screen_as_rank(rank: int, world: int, datalist: list[dict], folder: str) -> None:
+    """One process of a gloo group: screen ``datalist``, rank 0 with the report, and save what it kept and read."""
+    dist.init_process_group("gloo", init_method=f"file://{folder}/group", rank=rank, world_size=world)
+    loaded = []
+
+    def load(entry: dict) -> dict:
+        loaded.append(entry["image"])
+        return checked_loader(["image", "label"], num_classes=14)(entry)
+
+    report = f"{folder}/skipped_inputs.csv" if rank == 0 else None
+    kept = screen_datalist(datalist, load, BadInputPolicy(skip=True, report_path=report))
+    torch.save({"kept": kept, "loaded": loaded}, f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_distributed_screening_reads_each_entry_once_and_every_rank_keeps_the_same(tmp_path):
+    """Two gloo processes share the reading (entries 0, 2 and 1, 3), then both keep the same good entries and rank 0
+    reports all three bad ones."""
+    datalist, _ = _mixed_datalist(tmp_path / "data")
+    torch.multiprocessing.spawn(_screen_as_rank, args=(2, datalist, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    assert ranks[0]["kept"] == ranks[1]["kept"] and len(ranks[0]["kept"]) == 1
+    assert len(ranks[0]["loaded"]) == len(ranks[1]["loaded"]) == 2  # half of the four entries each
+    with open(tmp_path / "skipped_inputs.csv", newline="") as file:
+        assert len(list(csv.reader(file))) == 1 + 3
 
 
 def test_default_policy_raises_and_screening_reads_nothing(tmp_path):

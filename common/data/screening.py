@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
+import torch.distributed as dist
 from tqdm import tqdm
 
 from common.data.errors import BadInputError, BadInputPolicy, as_policy
@@ -25,11 +26,16 @@ def screen_datalist(
 ) -> list[dict]:
     """The entries of ``datalist`` that load without a bad-input error, when ``policy`` skips bad inputs.
 
-    With ``policy.skip``, each entry is loaded once with ``load`` (in this process, one after another, with a
-    progress bar for :data:`PROGRESS_MIN_ENTRIES` entries or more); an entry whose loading raises a
+    With ``policy.skip``, each entry is loaded once with ``load`` (one after another, with a progress bar for
+    :data:`PROGRESS_MIN_ENTRIES` entries or more); an entry whose loading raises a
     :class:`~common.data.errors.BadInputError` (a corrupt file, a failed content check; also when ``Compose`` has
     wrapped it in another exception) is reported through ``policy.handle`` and left out. Any other error
     propagates. Without ``policy.skip``, nothing is read.
+
+    Under ``torch.distributed`` each of the ``W`` processes reads every ``W``-th entry and the bad ones are gathered,
+    so the data set is read once in all, not once per process, and every process returns the same entries; each
+    process reports all of them through its policy (give the others no ``report_path``, so the report is written
+    once).
 
     In a bundle config::
 
@@ -51,22 +57,35 @@ def screen_datalist(
     policy = as_policy(policy)
     if not policy.skip:
         return list(datalist)
-    kept = []
-    entries = tqdm(datalist, desc="checking inputs", unit="entry", disable=len(datalist) < PROGRESS_MIN_ENTRIES)
-    for entry in entries:
+    rank, world = _rank_and_world()
+    shard = range(rank, len(datalist), world)
+    bad = {}
+    for index in tqdm(shard, desc="checking inputs", unit="entry", disable=len(shard) < PROGRESS_MIN_ENTRIES):
         try:
-            load(entry)
+            load(datalist[index])
         except Exception as error:  # a bad input may come wrapped, e.g. in Compose's RuntimeError
-            bad = bad_input_cause(error)
-            if bad is None:
+            cause = bad_input_cause(error)
+            if cause is None:
                 raise
-            policy.handle(bad)
-        else:
-            kept.append(entry)
-    if len(kept) < len(datalist):
+            bad[index] = (type(cause), cause.path, cause.reason)  # picklable, unlike the error itself
+    if world > 1:
+        gathered: list[dict] = [{} for _ in range(world)]
+        dist.all_gather_object(gathered, bad)
+        bad = {index: found for part in gathered for index, found in part.items()}
+    for index in sorted(bad):
+        kind, path, reason = bad[index]
+        policy.handle(kind(path, reason))
+    if bad:
         listed = f"; they are listed in {policy.report_path}" if policy.report_path is not None else ""
-        logger.warning("left out %d of %d inputs as bad inputs%s", len(datalist) - len(kept), len(datalist), listed)
-    return kept
+        logger.warning("left out %d of %d inputs as bad inputs%s", len(bad), len(datalist), listed)
+    return [entry for index, entry in enumerate(datalist) if index not in bad]
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes under ``torch.distributed``; ``(0, 1)`` without it."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def screen_splits(

@@ -63,7 +63,7 @@ class GracefulInterrupt:
     as shells and schedulers expect.
 
     Attach it first among the trainer's handlers: like MONAI's handlers, its ``EXCEPTION_RAISED`` handler
-    re-raises the error, and ignite runs only the first such handler.
+    re-raises the error, and ignite calls such handlers in order, so those after the first that re-raises never run.
 
     Args:
         checkpoint_dir: the folder the bundle's ``CheckpointSaver`` writes to, named in the message that tells how

@@ -163,7 +163,7 @@ class SelfSupervisedTrainer(Trainer):
         self.state_dict_user_keys.append("optimizer_steps")
         setattr(self.state, AMP_SKIPPED_STEPS, 0)
         self._micro_batches = 0  # passes of the current accumulation window, the running one included
-        self._window_files: list[str] = []  # files of the current accumulation window's batches
+        self._window_files: dict[str, None] = {}  # files of the current accumulation window's batches, in order
         self.images_requested = False
         if train_handlers is not None:
             self._register_handlers(train_handlers)
@@ -203,9 +203,9 @@ class SelfSupervisedTrainer(Trainer):
         engine.method.train()
         if engine._micro_batches == 0:
             engine.optimizer.zero_grad(set_to_none=True)
-            engine._window_files = []
+            engine._window_files = {}
         engine._micro_batches += 1
-        engine._window_files.extend(name for name in files if name not in engine._window_files)
+        engine._window_files.update(dict.fromkeys(files))
         epoch_length = engine.state.epoch_length
         epoch_ends = epoch_length is not None and engine.state.iteration % epoch_length == 0
         steps = engine._micro_batches == engine.accumulation_steps or epoch_ends
@@ -255,7 +255,7 @@ class SelfSupervisedTrainer(Trainer):
         norm = gradient_norm(self.optimizer)
         finite = bool(torch.isfinite(norm))
         if not finite and self.scaler is None:
-            raise non_finite_error("gradient", self, self._window_files, f" (total norm {float(norm)})")
+            raise non_finite_error("gradient", self, list(self._window_files), f" (total norm {float(norm)})")
         if finite and self.grad_clip_norm is not None:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             nn.utils.clip_grads_with_norm_(params, self.grad_clip_norm, norm)
