@@ -121,7 +121,7 @@ def test_inference_on_real_ct(trained, tmp_path, shared_data, name):
 
 
 PRE_TRAINED = {
-    "hyspark": lambda: HySparK(**hybrid_config(cpu_demo_scale=True), decoder_width=32),
+    "hyspark": lambda: HySparK(encoder=hybrid_config(cpu_demo_scale=True), decoder_width=32),
     "mednext": lambda: SparK3D(decoder_width=32),
     "mim": lambda: MiM(encoder=convvit_config(cpu_demo_scale=True), decoder_width=24, decoder_depth=1, decoder_heads=2, contrast_dim=16),
 }

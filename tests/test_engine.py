@@ -1,11 +1,12 @@
-"""common.engine (checkpoint folder policy, tracking URI) and common.paths."""
+"""common.engine (checkpoint folder policy, tracking URI, run parameters) and common.paths."""
 
 import os
 from pathlib import Path
 
 import pytest
+from monai.bundle import ConfigParser
 
-from common.engine import latest_checkpoint, prepare_checkpoint_dir, tracking_uri
+from common.engine import RunParameters, latest_checkpoint, prepare_checkpoint_dir, tracking_uri
 from common.paths import bundle_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,43 @@ def test_tracking_uri_default_and_environment(tmp_path, monkeypatch):
     assert uri.startswith("sqlite:///") and uri.endswith("eval/mlruns.db") and (tmp_path / "eval").is_dir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri(tmp_path / "eval") == "http://127.0.0.1:5000"
+
+
+def test_run_parameters_are_the_resolved_plain_settings_read_when_logged():
+    parser = ConfigParser(
+        {
+            "imports": ["$import torch", "$import common", "$import common.engine"],
+            "mask_ratio": 0.75,
+            "roi_size": "$[@crop] * 3",
+            "crop": 32,
+            "amp": "false",
+            "flags": {"amp": "$@amp == 'true'"},
+            "datalist": [{"image": "a.nii.gz"}, {"image": "b.nii.gz"}],
+            "network": "$torch.nn.Linear(2, 2)",
+            "never_used": 1,
+            "later": "$@mask_ratio * 2",
+            "hyper_parameters": {"method": "SparK3D", "num_images": "$len(@datalist)"},
+            "experiment_param": "$common.engine.RunParameters(__local_refs, @hyper_parameters)",
+            "run": ["$@network", "$@roi_size", "$@flags"],
+        }
+    )
+    parameters = parser.get_parsed_content("experiment_param")
+    parser.get_parsed_content("run")
+    parser.get_parsed_content("later")  # resolved after the mapping was built: still logged
+    assert dict(parameters) == {
+        "mask_ratio": 0.75,
+        "crop": 32,
+        "roi_size": [32, 32, 32],
+        "amp": False,
+        "later": 1.5,
+        "method": "SparK3D",
+        "num_images": 2,
+    }
+
+
+def test_run_parameters_leave_out_objects_nested_ids_and_values_too_long_for_mlflow():
+    resolved = {"path": "x" * 6001, "sizes": {"a": 1}, "pairs": [[1, 2]], "train::lr": 0.1, "device": object()}
+    assert dict(RunParameters(resolved)) == {"sizes": {"a": 1}}
 
 
 def test_bundle_root_is_independent_of_the_current_directory(tmp_path, monkeypatch):

@@ -46,7 +46,7 @@ def test_loss_is_per_patch_normalised_mse_on_masked_patches_only(spatial_size):
 
 def test_hyspark_step_returns_named_losses_and_images_and_learns_a_fixed_batch():
     torch.manual_seed(0)
-    method = HySparK(**TINY_HYBRID, decoder_width=16, sparse_backend="masked")
+    method = HySparK(encoder=TINY_HYBRID, decoder_width=16, sparse_backend="masked")
     image = torch.rand(2, 1, 32, 32, 32)
     optimizer = torch.optim.AdamW(method.parameters(), lr=3e-3)
     torch.manual_seed(1)
@@ -68,7 +68,7 @@ def test_hyspark_step_returns_named_losses_and_images_and_learns_a_fixed_batch()
 
 def test_hyspark_encoder_transfers_into_the_segmentation_network(tmp_path):
     torch.manual_seed(0)
-    method = HySparK(**TINY_HYBRID, decoder_width=16)
+    method = HySparK(encoder=TINY_HYBRID, decoder_width=16)
     torch.save(method.state_dict(), tmp_path / "model.pt")
     network = segmentation_network("hyspark", out_channels=3, hybrid_config=TINY_HYBRID)
     report = load_pretrained(network, tmp_path / "model.pt", rename=PRETRAINED_ENCODER_RENAME["hyspark"])
@@ -112,7 +112,7 @@ def test_cpu_demo_hybrid_is_the_paper_structure_at_a_smaller_width():
 
 def test_reconstruct_with_spconv_matches_masked_backend():
     torch.manual_seed(0)
-    method = HySparK(**TINY_HYBRID, decoder_width=16, sparse_backend="masked").eval()
+    method = HySparK(encoder=TINY_HYBRID, decoder_width=16, sparse_backend="masked").eval()
     twin = copy.deepcopy(method)
     twin.sparse_backend = "spconv"
     image = torch.rand(2, 1, 32, 32, 32)

@@ -141,7 +141,7 @@ def images(size: int = 64, batch: int = 2, repeats: int = 5) -> dict:
     torch.manual_seed(0)
     methods = {
         "SparK3D": SparK3D(decoder_width=64),
-        "HySparK": HySparK(**hybrid_config(cpu_demo_scale=True), decoder_width=64),
+        "HySparK": HySparK(encoder=hybrid_config(cpu_demo_scale=True), decoder_width=64),
         "MiM": MiM(encoder=convvit_config(cpu_demo_scale=True), geometry="cpu_demo", decoder_width=96, decoder_depth=2,
                    decoder_heads=4, contrast_dim=256),
     }

@@ -59,7 +59,7 @@ def overfit(
     entry = max(entries, key=lambda e: len(e["image"]) if isinstance(e["image"], list) else 0)
     crops = pretraining_train_transforms((roi_size,) * 3, num_samples=num_samples, flip_probs=(0, 0, 0), window=window)(entry)
     batch = torch.stack([crop["image"].as_tensor() for crop in crops])
-    method = HySparK(**hybrid_config(cpu_demo_scale=not paper_size), decoder_width=decoder_width, sparse_backend=sparse_backend)
+    method = HySparK(encoder=hybrid_config(cpu_demo_scale=not paper_size), decoder_width=decoder_width, sparse_backend=sparse_backend)
     visible = method.mask(batch, torch.Generator().manual_seed(seed))
     optimizer = torch.optim.AdamW(method.parameters(), lr=learning_rate)
     losses, start = [], time.perf_counter()

@@ -24,7 +24,7 @@ from common.engine.schedules import (
 )
 from common.engine.progress import TrainingProgress
 from common.engine.snapshots import ReconstructionSnapshots
-from common.engine.tracking import tracking_uri
+from common.engine.tracking import RunParameters, tracking_uri
 from common.engine.trainer import OptimizerEvents, SelfSupervisedTrainer, logged_scalars
 from common.engine.trainer_state import TrainerState
 from common.engine.validation import PeriodicValidation
@@ -42,6 +42,7 @@ __all__ = [
     "PeriodicValidation",
     "ProgressBar",
     "ReconstructionSnapshots",
+    "RunParameters",
     "SelfSupervisedTrainer",
     "TrainerState",
     "TrainingProgress",

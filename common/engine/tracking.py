@@ -1,10 +1,15 @@
-"""Experiment tracking: MLflow with a sqlite store inside the bundle unless the user names one."""
+"""Experiment tracking: MLflow with a sqlite store inside the bundle unless the user names one, and the run's
+parameters read from its resolved config."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+from monai.bundle.utils import ID_SEP_KEY
 from monai.utils import path_to_sqlite_uri
 
 
@@ -17,3 +22,50 @@ def tracking_uri(output_dir: str | Path) -> str:
         return os.environ["MLFLOW_TRACKING_URI"]
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     return path_to_sqlite_uri(str(Path(output_dir) / "mlruns.db"))
+
+
+class RunParameters(Mapping[str, Any]):
+    """The MLflow parameters of a run: the resolved config, with no second copy of its keys.
+
+    Every top-level id of the bundle's config that the run resolved is a parameter when its value is plain: a
+    number, string, boolean or ``None``, or a list, tuple or dict of those (a network's settings, a crop size);
+    objects (datasets, networks, devices) and values longer than MLflow accepts are left out (the config files
+    are logged as artifacts). Two sections merge in flat: ``flags``, each boolean setting as
+    :func:`common.cli.flag` reads it, under the setting's own name; and ``derived``, values the config does
+    not hold as such (the data set's size, a method's label).
+
+    The mapping is read when it is iterated: :class:`monai.handlers.MLFlowHandler` logs it when the run
+    starts, once the trainer and everything it uses are resolved.
+
+    Args:
+        resolved: the config ids resolved so far, by id. In a bundle config that is ``__local_refs``, the map
+            MONAI's ``ReferenceResolver`` hands every ``$`` expression; it fills as the config resolves.
+        derived: parameters to add (they win over resolved ids of the same name).
+    """
+
+    def __init__(self, resolved: Mapping[str, Any], derived: Mapping[str, Any] | None = None) -> None:
+        self.resolved = resolved
+        self.derived = dict(derived or {})
+
+    def _parameters(self) -> dict[str, Any]:
+        top_level = {key: value for key, value in self.resolved.items() if ID_SEP_KEY not in key}
+        flags = top_level.pop("flags", None) or {}
+        top_level.pop("hyper_parameters", None)
+        parameters = {key: value for key, value in top_level.items() if _is_plain(value)}
+        return {**parameters, **flags, **self.derived}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._parameters()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parameters())
+
+    def __len__(self) -> int:
+        return len(self._parameters())
+
+
+def _is_plain(value: Any) -> bool:
+    """A scalar, or a flat list, tuple or dict of scalars, that MLflow accepts as a parameter value."""
+    scalars = (type(None), bool, int, float, str)
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+    return all(isinstance(item, scalars) for item in items) and len(str(value)) <= MAX_PARAM_VAL_LENGTH

@@ -9,7 +9,7 @@ up-sampled map and fuses them. The ViT's learnable mask token is the 1/16 scale'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 from common.methods.spark import SparK
 from common.networks.hybrid import HybridEncoder
@@ -20,20 +20,12 @@ class HySparK(SparK):
 
     Args:
         in_channels: image channels.
-        channels, depths, expansion_ratios, vit_depth, num_heads: :class:`HybridEncoder`
-            (paper: 32/64/128/256/384, 1/1/3/3/1, 2/4/4/4/2, 3, 12).
+        encoder: :class:`HybridEncoder` settings (``channels``, ``depths``, ``expansion_ratios``, ``vit_depth``,
+            ``num_heads``, as :func:`~common.networks.hybrid_config` gives them); its defaults, the paper's
+            32/64/128/256/384, 1/1/3/3/1, 2/4/4/4/2, 3 and 12, where absent.
         **kwargs: :class:`SparK` options (``mask_ratio`` 0.75, ``decoder_width`` 768, ``sparse_backend``).
     """
 
-    def __init__(
-        self,
-        in_channels: int = 1,
-        channels: Sequence[int] = (32, 64, 128, 256, 384),
-        depths: Sequence[int] = (1, 1, 3, 3, 1),
-        expansion_ratios: Sequence[int] = (2, 4, 4, 4, 2),
-        vit_depth: int = 3,
-        num_heads: int = 12,
-        **kwargs,
-    ) -> None:
-        encoder = HybridEncoder(in_channels, channels, depths, expansion_ratios, 3, vit_depth, num_heads)
-        super().__init__(encoder, skip="concat", in_channels=in_channels, **kwargs)
+    def __init__(self, in_channels: int = 1, encoder: Mapping | None = None, **kwargs) -> None:
+        hybrid_encoder = HybridEncoder(in_channels, **(encoder or {}))
+        super().__init__(hybrid_encoder, skip="concat", in_channels=in_channels, **kwargs)
