@@ -24,15 +24,20 @@ def tracking_uri(output_dir: str | Path) -> str:
     return path_to_sqlite_uri(str(Path(output_dir) / "mlruns.db"))
 
 
+# Settings of one invocation rather than of the run: a resumed run (logged into the same MLflow run, which refuses
+# to change a parameter) may give them new values.
+INVOCATION_SETTINGS = ("resume", "resume_from", "run_name", "num_workers")
+
+
 class RunParameters(Mapping[str, Any]):
     """The MLflow parameters of a run: the resolved config, with no second copy of its keys.
 
     Every top-level id of the bundle's config that the run resolved is a parameter when its value is plain: a
     number, string, boolean or ``None``, or a list, tuple or dict of those (a network's settings, a crop size);
-    objects (datasets, networks, devices) and values longer than MLflow accepts are left out (the config files
-    are logged as artifacts). Two sections merge in flat: ``flags``, each boolean setting as
-    :func:`common.cli.flag` reads it, under the setting's own name; and ``derived``, values the config does
-    not hold as such (the data set's size, a method's label).
+    objects (datasets, networks, devices), values longer than MLflow accepts and :data:`INVOCATION_SETTINGS`
+    are left out (the config files are logged as artifacts). Two sections merge in flat: ``flags``, each boolean
+    setting as :func:`common.cli.flag` reads it, under the setting's own name; and ``derived``, values the config
+    does not hold as such (the data set's size, a method's label).
 
     The mapping is read when it is iterated: :class:`monai.handlers.MLFlowHandler` logs it when the run
     starts, once the trainer and everything it uses are resolved.
@@ -49,10 +54,12 @@ class RunParameters(Mapping[str, Any]):
 
     def _parameters(self) -> dict[str, Any]:
         top_level = {key: value for key, value in self.resolved.items() if ID_SEP_KEY not in key}
-        flags = top_level.pop("flags", None) or {}
+        top_level.update(top_level.pop("flags", None) or {})
         top_level.pop("hyper_parameters", None)
-        parameters = {key: value for key, value in top_level.items() if _is_plain(value)}
-        return {**parameters, **flags, **self.derived}
+        parameters = {
+            key: value for key, value in top_level.items() if key not in INVOCATION_SETTINGS and _is_plain(value)
+        }
+        return {**parameters, **self.derived}
 
     def __getitem__(self, key: str) -> Any:
         return self._parameters()[key]

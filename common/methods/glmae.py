@@ -4,14 +4,14 @@ Zhuang et al., "Advancing Volumetric Medical Image Segmentation via Global-Local
 One step on a batch of ``B`` volumes, each with ``p`` global and ``q`` local views
 (:class:`~common.transforms.views.RandGlobalLocalViewsd`):
 
-1. every view is masked (ratio 0.6) and reconstructed by the MAE of :class:`~common.methods.mae.MAE3D`:
-   L_R^local and L_R^global, per-patch normalised MSE on the masked tokens (eq. 3-4);
-2. the student's cls token of every masked view goes through a projection head ``g_s`` (MLP + GELU, ``K`` = 512);
-3. the momentum teacher (an EMA of the student encoder and head, no gradient) embeds the *complete* global
+1. the momentum teacher (an EMA of the student encoder and head, no gradient) embeds the *complete* global
    views: the anchors (eq. 7);
+2. every view is masked (ratio 0.6) and reconstructed by the MAE of :class:`~common.methods.mae.MAE3D`:
+   L_R^local and L_R^global, per-patch normalised MSE on the masked tokens (eq. 3-4);
+3. the student's cls token of every masked view goes through a projection head ``g_s`` (MLP + GELU, ``K`` = 512);
 4. global-to-global and global-to-local consistency: cross-entropy ``H(P_t, P_s)`` of the sharpened, centred
    teacher distribution and the student's, over every (masked view, anchor) pair of a volume (eq. 8-10,
-   :class:`~common.losses.GlobalGuidedConsistencyLoss`);
+   :class:`~common.losses.GlobalGuidedConsistencyLoss`); the centre then moves towards the teacher's batch mean;
 5. ``L = L_R^local + b1 L_R^global + b2 L_C^gg + b3 L_C^gl`` with all ``b = 1`` (eq. 11).
 
 :class:`common.engine.MomentumTeacher` calls :meth:`GLMAE.update_teacher` after every optimizer step.
@@ -97,7 +97,8 @@ class GLMAE(MAE3D):
         return self.teacher_head(self.teacher_encoder(global_views)[:, 0])
 
     def _student(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mask and encode views ``(B, V, C, *S)``: ``(flat views (B V, C, *S), visible, prediction, logits (B, V, K))``."""
+        """Steps 2 and 3 for views ``(B, V, C, *S)``: the views flattened ``(B V, C, *S)``, their masks ``(B V, 1,
+        *S/16)``, the reconstructions ``(B V, C, *S)`` and the student logits ``(B, V, K)``."""
         flat = views.flatten(0, 1)
         visible = self.mask(flat)
         prediction, cls = self.encode_decode(flat, visible)
@@ -106,18 +107,22 @@ class GLMAE(MAE3D):
     def forward(self, batch: dict, images: bool = False) -> dict:
         """The losses of the docstring above for the batch's views; with ``images``, also the first global and local
         view's ``"images"``, which only a snapshot needs."""
-        global_views, local_views = batch[GLOBAL_VIEWS], batch[LOCAL_VIEWS]
+        global_views, local_views = batch[GLOBAL_VIEWS], batch[LOCAL_VIEWS]  # (B, p, C, *G), (B, q, C, *L)
+        # 1. anchors: teacher logits of the complete global views, (B, p, K), no gradient.
         teacher = self.anchors(global_views.flatten(0, 1)).view(*global_views.shape[:2], -1)
         result, shown_views = {}, {}
         for kind, views in (("global", global_views), ("local", local_views)):
+            # 2.-3. mask, reconstruct and embed every view: prediction (B V, C, *S), logits (B, V, K).
             flat, visible, prediction, logits = self._student(views)
             result[f"loss/recon_{kind}"] = self.reconstruction_loss(prediction, flat, visible)
+            # 4. consistency of each masked view with every global anchor of its volume, a scalar.
             result[f"loss/consistency_g{kind[0]}"] = self.consistency(logits, teacher)
             if images:
                 shown = self.images(flat[:1], prediction[:1], visible[:1])
                 shown_views.update({f"{kind}_{name}": shown[name] for name in ("input", "masked", "reconstruction")})
         if self.training:
             self.consistency.update_center(teacher)
+        # 5. eq. 11.
         result["loss"] = (
             result["loss/recon_local"]
             + self.weights["global"] * result["loss/recon_global"]

@@ -67,8 +67,11 @@ class MAE3D(nn.Module):
 
     def encode_decode(self, image: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prediction (B, C, *S)`` in per-patch normalised units, ``cls token (B, hidden_size))`` from the
-        visible tokens of ``image``."""
+        visible tokens of ``image`` ``(B, C, *S)`` under ``visible`` ``(B, 1, *S/16)``."""
+        # 2a. encode the visible tokens only: tokens (B, 1 + N_visible, hidden_size), the cls token first.
         tokens = self.encoder(image, visible)
+        # 2b. put the visible tokens back on their grid (B, hidden_size, *S/16), decode every token (the decoder
+        #     fills the masked cells with its mask token): (B, L, 16^3 C) -> prediction (B, C, *S).
         prediction, _ = self.decoder(scatter_visible(tokens[:, 1:], visible), visible)
         return unpatchify(prediction, PATCH_SIZE, image), tokens[:, 0]
 
@@ -83,9 +86,12 @@ class MAE3D(nn.Module):
     def forward(self, batch: dict, images: bool = False) -> dict:
         """``{"loss", "loss/recon"}`` of ``batch["image"]`` (B, C, *S); with ``images``, also the first sample's
         ``"images"`` (:meth:`images`, each (1, C, *S)), which only a snapshot needs."""
-        image = batch["image"]
+        image = batch["image"]  # (B, C, *S)
+        # 1. mask: visible (B, 1, *S/16) bool, True where a token is kept, the same count in every sample.
         visible = self.mask(image)
+        # 2. encode the visible tokens, decode every token (:meth:`encode_decode`): prediction (B, C, *S).
         prediction = self.reconstruct(image, visible)
+        # 3. loss on the masked tokens only: MSE against the per-patch normalised image, a scalar.
         loss = self.reconstruction_loss(prediction, image, visible)
         result = {"loss": loss, "loss/recon": loss.detach()}
         if images:

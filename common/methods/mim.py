@@ -13,7 +13,7 @@ One step on a batch of level-1 crops (:class:`MiMGeometry` gives their sizes):
 4. L_C (eq. 4-6): the mean-pooled decoder features of each child, through an MLP head, against the region
    features of its parent (mean-pooled decoder features of each region, stop-gradient, through another head):
    InfoNCE whose positive is the region the child came from;
-5. ``L = L_R + alpha * L_C`` (alpha = 0.1).
+5. ``L = L_R + alpha * L_C`` (alpha = 0.1, eq. 10).
 """
 
 from __future__ import annotations
@@ -272,30 +272,49 @@ class MiM(nn.Module):
         pattern = "n (x p) (y q) (z r) w -> n (x y z) (p q r) w"
         return rearrange(grid, pattern, p=block[0], q=block[1], r=block[2]).mean(dim=2)
 
+    def _cross_level_loss(
+        self, level: int, parent_features: torch.Tensor, child_features: torch.Tensor, child: Level
+    ) -> torch.Tensor:
+        """Step 4, L_C between 0-based ``level`` and the next (eq. 4-6), a scalar.
+
+        Args:
+            level: the parent level.
+            parent_features: the parent level's decoder features ``(N, L, W)``.
+            child_features: the next level's decoder features ``(N gamma, L', W)``.
+            child: the next level, whose ``parent_region`` ``(N gamma,)`` names each child's positive.
+        """
+        # regions (N, R, D): each region's mean parent feature (stop-gradient) through the region head.
+        regions = self.region_heads[level](self._region_features(parent_features.detach(), level))
+        # context (N, gamma, D): each child's mean feature through the context head, grouped by parent.
+        parents = regions.shape[0]
+        context = self.context_heads[level](child_features.mean(dim=1)).view(parents, self.children_per_parent, -1)
+        labels = child.parent_region.view(parents, self.children_per_parent)  # (N, gamma), each in 0..R-1
+        return self.contrastive_loss(context, regions, labels)
+
     def forward(self, batch: dict, images: bool = False) -> dict:
-        """The losses of the docstring above for ``batch["image"]`` (B, C, *S); with ``images``, also the first
-        sample's ``"images"`` of every level, which only a snapshot needs."""
+        """The losses of the docstring above for ``batch["image"]`` (B, C, *crops[0]); with ``images``, also the
+        first sample's ``"images"`` of every level, which only a snapshot needs."""
+        # 1.-2. the masked volumes of every level: level l holds N_l = B gamma^(l-1) volumes, input (N_l, C,
+        #       *inputs[l]) and visible (N_l, 1, *token_grid(l)).
         levels = self.sample_levels(batch["image"])
+        # 3. encode and decode every level: prediction (N_l, C, *inputs[l]), features (N_l, L_l, decoder_width);
+        #    L_R, the levels' masked-token MSEs weighted by the level schedule (eq. 3 when "simultaneous").
         outputs = [self.encode_decode(level.input, level.visible) for level in levels]
-        result: dict = {}
-        recon = []
-        for index, (level, (prediction, _)) in enumerate(zip(levels, outputs), start=1):
-            recon.append(self.reconstruction_loss(prediction, level.input, level.visible))
-            result[f"loss/recon_level{index}"] = recon[-1].detach()
+        recon = [
+            self.reconstruction_loss(prediction, level.input, level.visible)
+            for level, (prediction, _) in zip(levels, outputs)
+        ]
         weights = level_weights(self.level_schedule, len(levels), self.progress)
         recon_loss = sum(w * r for w, r in zip(weights, recon))
-        contrast = []
-        for index in range(len(levels) - 1):
-            child = levels[index + 1]
-            parent_features = self._region_features(outputs[index][1].detach(), index)
-            regions = self.region_heads[index](parent_features)
-            context = self.context_heads[index](outputs[index + 1][1].mean(dim=1)).view(
-                regions.shape[0], self.children_per_parent, -1
-            )
-            labels = child.parent_region.view(regions.shape[0], self.children_per_parent)
-            contrast.append(self.contrastive_loss(context, regions, labels))
-            result[f"loss/contrast_level{index + 1}_{index + 2}"] = contrast[-1].detach()
+        # 4. L_C, the mean over the pairs of consecutive levels (eq. 7).
+        contrast = [
+            self._cross_level_loss(index, outputs[index][1], outputs[index + 1][1], levels[index + 1])
+            for index in range(len(levels) - 1)
+        ]
         contrast_loss = sum(contrast) / len(contrast)
+        # 5. L = L_R + alpha L_C (eq. 10).
+        result = {f"loss/recon_level{index}": loss.detach() for index, loss in enumerate(recon, start=1)}
+        result.update({f"loss/contrast_level{i}_{i + 1}": loss.detach() for i, loss in enumerate(contrast, start=1)})
         result["loss"] = recon_loss + self.contrast_weight * contrast_loss
         result["loss/recon"] = recon_loss.detach()
         result["loss/contrast"] = contrast_loss.detach()
