@@ -80,7 +80,8 @@ def test_run_parameters_are_the_resolved_plain_settings_read_when_logged():
 
 def test_run_parameters_leave_out_objects_nested_ids_long_values_and_invocation_settings():
     resolved = {"path": "x" * 6001, "sizes": {"a": 1}, "pairs": [[1, 2]], "train::lr": 0.1, "device": object()}
-    resolved |= {"resume": "true", "flags": {"resume": True}, "run_name": None}  # may change when a resumed run logs into the same MLflow run
+    # settings a resumed run, logged into the same MLflow run, may change
+    resolved |= {"resume": "true", "flags": {"resume": True}, "run_name": None}
     assert dict(RunParameters(resolved)) == {"sizes": {"a": 1}}
 
 

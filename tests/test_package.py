@@ -12,6 +12,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from common.networks.spec import SPEC_KEY
 from tools import package as tools_package
 from tools.check_artifact import check_artifact, pinned_requirements
 from tools.monailabel_check import check_monailabel
@@ -40,13 +41,19 @@ def set_version(bundle: Path, version: str) -> None:
 
 
 def network_weights(bundle: Path, path: Path, settings: dict, *overlays: str) -> Path:
-    """The state dict (random weights) of the bundle's ``network_def`` of ``inference.json`` merged with the
-    ``overlays`` config files (e.g. ``smoke.json``) under ``settings``, saved to ``path``."""
+    """Random weights saved to ``path`` as training ``train.json`` merged with the ``overlays`` (e.g. ``smoke.json``)
+    under ``settings`` saves them: with their network spec where the config has one, else the state dict of its
+    ``network_def`` (or ``method_def`` for a pre-training bundle)."""
     parser = ConfigParser()
     parser.read_meta(str(bundle / "configs" / "metadata.json"))
-    parser.read_config([str(bundle / "configs" / name) for name in ("inference.json", *overlays)])
-    parser.update(settings)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    parser.read_config([str(bundle / "configs" / name) for name in ("train.json", *overlays)])
+    parser.update({"bundle_root": str(bundle), **settings})
+    if "network_spec" in parser:
+        spec = parser.get_parsed_content("network_spec")
+        torch.save({"model": spec.build().state_dict(), SPEC_KEY: spec.state_dict()}, path)
+    else:
+        network = parser.get_parsed_content("network_def" if "network_def" in parser else "method_def")
+        torch.save(network.state_dict(), path)
     return path
 
 
@@ -167,10 +174,26 @@ def test_settings_go_into_every_config_that_defines_them(tmp_path):
         package(str(bundle), dist=str(tmp_path / "dist2"), releases=tmp_path / "r.json", settings={"no_such_id": 1})
 
 
-def test_weights_must_fit_the_network_of_the_settings(tmp_path):
-    """Weights of a CPU demo run are refused under the default settings (the papers' sizes) and accepted with
-    ``cpu_demo_scale`` set to what they were trained with."""
+def test_weights_carrying_their_network_need_no_settings_and_describe_the_artifact(tmp_path):
+    """A fine-tuned checkpoint (here CPU demo sizes, ``arch`` mim) packages as it is: nothing is written into the
+    configs, and the metadata gets the checkpoint's input channels and labels."""
     bundle = copy_bundle("btcv_segmentation", tmp_path / "src")
+    weights = network_weights(bundle, tmp_path / "demo.pt", {"cpu_demo_scale": True, "arch": "mim"})
+    artifact = package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json")
+    with zipfile.ZipFile(artifact) as archive:
+        inference = json.loads(archive.read("btcv_segmentation/configs/inference.json"))
+        metadata = json.loads(archive.read("btcv_segmentation/configs/metadata.json"))
+    assert inference == json.loads((bundle / "configs" / "inference.json").read_text())
+    labels = torch.load(weights, weights_only=True)[SPEC_KEY]["arguments"]["channel_def"]
+    assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"] == labels
+    assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == 14
+    assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == 1
+
+
+def test_plain_weights_must_fit_the_network_of_the_settings(tmp_path):
+    """A pre-training method's weights of a CPU demo run are refused under the default settings (the papers'
+    sizes) and accepted with ``cpu_demo_scale`` set to what they were trained with."""
+    bundle = copy_bundle("mim_pretrain", tmp_path / "src")
     demo = {"cpu_demo_scale": True}
     weights = network_weights(bundle, tmp_path / "demo.pt", demo)
     with pytest.raises(ValueError, match="do not fit the network of train.json with settings {'cpu_demo_scale': Fals"):
@@ -178,7 +201,7 @@ def test_weights_must_fit_the_network_of_the_settings(tmp_path):
     artifact = package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json",
                        settings=demo)
     with zipfile.ZipFile(artifact) as archive:
-        assert json.loads(archive.read("btcv_segmentation/configs/inference.json"))["cpu_demo_scale"] is True
+        assert json.loads(archive.read("mim_pretrain/configs/inference.json"))["cpu_demo_scale"] is True
 
 
 def test_cli_exits_with_the_reason(bundle, tmp_path, monkeypatch, capsys):

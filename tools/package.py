@@ -5,7 +5,7 @@
     python -m tools.package bundles/btcv_segmentation                                  # configs and docs only
     python -m tools.package bundles/btcv_segmentation --weights bundles/btcv_segmentation/models/model.pt
     python -m tools.package bundles/mim_pretrain --dist /releases --source_url https://example.org/releases
-    python -m tools.package bundles/btcv_segmentation --weights model.pt --settings "{'cpu_demo_scale': True}"
+    python -m tools.package bundles/mim_pretrain --weights model.pt --settings "{'cpu_demo_scale': True}"
 
 writes ``<dist>/<name>_v<version>.zip`` (``dist/`` of the repository unless ``--dist`` names another) holding one
 top-level folder ``<name>/``::
@@ -26,13 +26,16 @@ Before packaging, the bundle must pass ``tools.verify``'s file, metadata and con
 new or the same as the last packaged one with unchanged files; an artifact of that name with other bytes is never
 overwritten (bump the version instead).
 
-Settings. The bundles size their networks at run time (``cpu_demo_scale``: small on a machine without CUDA), so a
-checkpoint only fits the configs under the settings it was trained with. ``--settings`` (a dict of top-level config
-ids) writes values into every config of the artifact that defines them; with ``--weights`` it defaults to
+Weights and settings. A downstream bundle's checkpoint carries its network (``network_spec``,
+:mod:`common.networks.spec`): the weights must load strictly into the network it describes, and its input channels
+and output labels go into the artifact's ``metadata.json`` (``network_data_format``), so ``verify_net_in_out`` and
+MONAI Label see what the weights really are; no setting is needed, inference rebuilds the network from the checkpoint
+on any machine. ``--settings`` (a dict of top-level config ids) writes values into every config of the artifact that
+defines them, e.g. the ``pixdim`` of a MONAI Label app. Weights without a spec (a pre-training bundle's method, a
+plain state dict) only fit the configs under the settings they were trained with: for them ``--settings`` defaults to
 ``{"cpu_demo_scale": false}`` (the papers' network sizes, whatever machine later runs the artifact), and the weights
 must load strictly into the network ``train.json`` builds under those settings (``network_def``, or ``method`` for a
-pre-training bundle). Weights of a CPU demo run or of another architecture need e.g.
-``--settings "{'cpu_demo_scale': True, 'arch': 'mim'}"``.
+pre-training bundle); weights of a CPU demo run need ``--settings "{'cpu_demo_scale': True}"``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import fire
 import torch
 from monai.bundle import ConfigParser
 
+from common.networks.spec import SPEC_KEY, NetworkSpec, spec_from_state
 from common.transfer import STATE_DICT_KEYS, extract_state_dict
 from tools.releases import bundle_files, fingerprint, record_release, release_problems
 from tools.verify import check_configs, check_files, check_metadata, read_json
@@ -59,7 +63,8 @@ MODEL_INFO = "model_info.json"
 # Fixed entry attributes of a reproducible zip: the earliest time a zip can store, rw-r--r-- regular files.
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 ZIP_FILE_MODE = 0o100644 << 16
-# Settings frozen into an artifact that ships weights unless others are given: the papers' network sizes.
+# Settings frozen into an artifact that ships weights without a network spec unless others are given: the papers'
+# network sizes.
 WEIGHTS_SETTINGS = {"cpu_demo_scale": False}
 
 
@@ -139,9 +144,34 @@ def configs_with(bundle: Path, settings: Mapping) -> dict[str, bytes]:
     return changed
 
 
+def saved_spec(weights: Path) -> NetworkSpec | None:
+    """The network ``weights`` carry (:data:`~common.networks.spec.SPEC_KEY`); None for a plain state dict."""
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    return spec_from_state(checkpoint[SPEC_KEY], str(weights)) if SPEC_KEY in checkpoint else None
+
+
+def spec_problem(weights: Path, spec: NetworkSpec) -> str | None:
+    """Why ``weights`` do not load strictly into the network they carry; None when they do."""
+    state = extract_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    try:
+        spec.build().load_state_dict(state)
+    except RuntimeError as e:
+        return f"--weights {weights} do not fit the network they carry ({spec.arguments}): {e}"
+    return None
+
+
+def metadata_with(bundle: Path, spec: NetworkSpec) -> dict[str, bytes]:
+    """``configs/metadata.json`` with the input channels and output labels of ``spec`` in ``network_data_format``."""
+    metadata = read_json(bundle / "configs" / "metadata.json")
+    for section, entries in spec.network_data_format().items():
+        for name, values in entries.items():
+            metadata["network_data_format"][section][name].update(values)
+    return {"configs/metadata.json": (json.dumps(metadata, indent=4) + "\n").encode()}
+
+
 def weights_problem(bundle: Path, weights: Path, settings: Mapping) -> str | None:
-    """Why ``weights`` do not load strictly into the network that ``configs/train.json`` trains under ``settings``
-    (its ``network_def``, or ``method`` for a pre-training bundle); None when they do."""
+    """Why ``weights`` (without a network spec) do not load strictly into the network that ``configs/train.json``
+    trains under ``settings`` (its ``network_def``, or ``method`` for a pre-training bundle); None when they do."""
     parser = ConfigParser()
     parser.read_meta(str(bundle / "configs" / "metadata.json"))
     parser.read_config(str(bundle / "configs" / "train.json"))
@@ -189,8 +219,8 @@ def package(
         dist: output folder, default ``<repository>/dist``.
         source_url: where the artifact will be published (a folder URL); default the zip's ``file://`` URI.
         releases: the release record to check and update (:data:`tools.releases.RELEASES_FILE`).
-        settings: top-level config ids written into the artifact's configs (module docstring); with ``weights`` the
-            default is :data:`WEIGHTS_SETTINGS`.
+        settings: top-level config ids written into the artifact's configs (module docstring); with ``weights``
+            that carry no network spec the default is :data:`WEIGHTS_SETTINGS`.
 
     Raises:
         ValueError: the bundle fails a check, a setting is no config id, the weights do not fit the network, or an
@@ -201,13 +231,19 @@ def package(
     if problems:
         raise ValueError(f"cannot package {bundle_dir}: " + "; ".join(problems))
     weights_path = Path(weights).resolve() if weights else None
-    settings = dict(WEIGHTS_SETTINGS if weights_path and settings is None else settings or {})
-    configs = configs_with(bundle_dir, settings)
     if weights_path is not None:
         check_weights(weights_path)
-        problem = weights_problem(bundle_dir, weights_path, settings)
-        if problem:
-            raise ValueError(problem)
+    spec = saved_spec(weights_path) if weights_path is not None else None
+    plain_weights = weights_path is not None and spec is None
+    settings = dict(WEIGHTS_SETTINGS if plain_weights and settings is None else settings or {})
+    configs = configs_with(bundle_dir, settings)
+    if spec is not None:
+        problem = spec_problem(weights_path, spec)
+        configs.update(metadata_with(bundle_dir, spec))
+    else:
+        problem = weights_problem(bundle_dir, weights_path, settings) if plain_weights else None
+    if problem:
+        raise ValueError(problem)
     version = read_json(bundle_dir / "configs" / "metadata.json")["version"]
     key = f"{bundle_dir.name}_v{version}"
     dist_dir = Path(dist).resolve() if dist else DEFAULT_DIST

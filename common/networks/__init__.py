@@ -17,7 +17,9 @@ from common.networks.segmentation import (
     SEGMENTATION_ARCHS,
     adapt_encoder,
     segmentation_network,
+    segmentation_spec,
 )
+from common.networks.spec import NetworkSpec, SpecMismatchError, load_network_spec
 from common.networks.vit import MaskedViT, vit_config
 
 __all__ = [
@@ -33,13 +35,17 @@ __all__ = [
     "HybridSegmentationNet",
     "MaskedViT",
     "MedNeXtEncoder",
+    "NetworkSpec",
     "ResNetEncoder",
+    "SpecMismatchError",
     "adapt_encoder",
     "classification_encoder_config",
     "classification_network",
     "convvit_config",
     "hybrid_config",
+    "load_network_spec",
     "resnet_classifier",
     "segmentation_network",
+    "segmentation_spec",
     "vit_config",
 ]

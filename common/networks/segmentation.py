@@ -28,6 +28,7 @@ from torch import nn
 from common.lora import add_lora
 from common.networks.convvit import PAPER_CONVVIT, ConvViTSegmentationNet
 from common.networks.hybrid import PAPER_HYBRID, HybridSegmentationNet
+from common.networks.spec import NetworkSpec
 from common.networks.vit import VIT_SIZES
 
 SEGMENTATION_ARCHS = ("swin_unetr", "unetr", "mednext", "hyspark", "mim")
@@ -131,3 +132,55 @@ def segmentation_network(
     if arch == "mim":
         return ConvViTSegmentationNet(in_channels, out_channels, feature_size or 48, **(convvit_config or PAPER_CONVVIT))
     raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {SEGMENTATION_ARCHS}")
+
+
+def segmentation_spec(
+    channel_def: Mapping,
+    arch: str = "swin_unetr",
+    in_channels: int = 1,
+    roi_size: Sequence[int] = (96, 96, 96),
+    feature_size: int | None = None,
+    mednext_variant: str = "S",
+    hybrid_config: Mapping | None = None,
+    convvit_config: Mapping | None = None,
+    vit_config: Mapping | None = None,
+    lora_rank: int = 0,
+    pixdim: Sequence[float] = (1.5, 1.5, 1.5),
+) -> NetworkSpec:
+    """The :class:`~common.networks.spec.NetworkSpec` of a segmentation network: what ``btcv_segmentation`` saves
+    with its weights and rebuilds for inference.
+
+    Args:
+        channel_def: output channel index -> label (``metadata.json``'s ``channel_def``); one output per label.
+        arch, in_channels, roi_size, feature_size, mednext_variant, hybrid_config, convvit_config, vit_config:
+            :func:`segmentation_network`.
+        lora_rank: rank of the LoRA adapters in the encoder (:func:`adapt_encoder`); 0 for none.
+        pixdim: the voxel spacing (mm) the network was trained at, which inference resamples to.
+    """
+    labels = {str(index): name for index, name in channel_def.items()}
+    network_settings = {
+        "arch": arch,
+        "in_channels": in_channels,
+        "out_channels": len(labels),
+        "roi_size": list(roi_size),
+        "feature_size": feature_size,
+        "mednext_variant": mednext_variant,
+        "hybrid_config": hybrid_config,
+        "convvit_config": convvit_config,
+        "vit_config": vit_config,
+    }
+    arguments = {
+        "channel_def": labels,
+        **{key: value for key, value in network_settings.items() if key != "out_channels"},
+        "lora_rank": lora_rank,
+        "pixdim": list(pixdim),
+    }
+    return NetworkSpec(
+        factory="common.networks.segmentation_spec",
+        arguments=arguments,
+        network=lambda: segmentation_network(**network_settings),
+        adapters=lambda network: adapt_encoder(network, arch, lora_rank),
+        channel_def=labels,
+        in_channels=in_channels,
+        preprocessing={"pixdim": list(pixdim)},
+    )

@@ -1,0 +1,157 @@
+"""What a checkpoint needs to rebuild its network on any machine, saved next to the weights.
+
+A downstream bundle's ``model.pt`` and training checkpoints hold, besides ``"model"`` (the state dict),
+``"network_spec"``: the name of a spec factory (e.g. :func:`common.networks.segmentation_spec`) and the keyword
+arguments it was called with, all plain values::
+
+    {"format": 1, "factory": "common.networks.segmentation_spec",
+     "arguments": {"arch": "swin_unetr", "feature_size": 48, "roi_size": [96, 96, 96], "lora_rank": 0,
+                   "channel_def": {"0": "background", ...}, "pixdim": [1.5, 1.5, 1.5], ...}}
+
+Calling the factory again gives the same :class:`NetworkSpec`: the network (architecture, sizes, adapters), its
+input channels and output labels, and the preprocessing inference must apply. A task with other labels or input
+channels (any MSD task) only passes other arguments; the format stays. Inference builds its network from the
+checkpoint (:func:`load_network_spec`), whatever the machine; a setting given there that contradicts the
+checkpoint is an error naming both values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from pydoc import locate
+from typing import Any
+
+import torch
+from torch import nn
+
+SPEC_KEY = "network_spec"
+FORMAT_VERSION = 1
+
+
+class SpecMismatchError(ValueError):
+    """A setting contradicts the network a checkpoint was saved with."""
+
+
+@dataclass
+class NetworkSpec:
+    """A network and what inference needs around it, made by a factory from plain arguments.
+
+    Args:
+        factory: dotted name of the function that made this spec from ``arguments``.
+        arguments: the factory's keyword arguments, plain values (what a checkpoint saves).
+        network: builds the network without adapters (pre-trained weights load into it).
+        adapters: adds the adapters (LoRA) the saved network has; identity without.
+        channel_def: output channel index (as a string) -> label, as ``metadata.json``'s ``channel_def``.
+        in_channels: image channels the network reads.
+        preprocessing: the settings the inference transforms apply (e.g. ``pixdim``).
+    """
+
+    factory: str
+    arguments: dict[str, Any]
+    network: Callable[[], nn.Module]
+    adapters: Callable[[nn.Module], nn.Module] = lambda network: network
+    channel_def: dict[str, str] = field(default_factory=dict)
+    in_channels: int = 1
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        """The network as saved: built, then adapted."""
+        return self.adapters(self.network())
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint saves under :data:`SPEC_KEY`."""
+        return {"format": FORMAT_VERSION, "factory": self.factory, "arguments": self.arguments}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Check that a checkpoint's spec is this one (a resumed run must train the network it saved).
+
+        Raises:
+            SpecMismatchError: an argument differs, naming both values.
+        """
+        saved = spec_from_state(state, "the checkpoint")
+        differences = [
+            f"{key} {_plain(self.arguments.get(key))!r} here, {_plain(value)!r} in the checkpoint"
+            for key, value in saved.arguments.items()
+            if _plain(self.arguments.get(key)) != _plain(value)
+        ]
+        if saved.factory != self.factory:
+            differences.insert(0, f"factory {self.factory} here, {saved.factory} in the checkpoint")
+        if differences:
+            raise SpecMismatchError(
+                f"the settings contradict the network the checkpoint was saved with: {'; '.join(differences)}"
+            )
+
+    def network_data_format(self) -> dict[str, Any]:
+        """The ``network_data_format`` entries of ``metadata.json`` this spec decides: input channels, output labels."""
+        return {
+            "inputs": {"image": {"num_channels": self.in_channels}},
+            "outputs": {"pred": {"num_channels": len(self.channel_def), "channel_def": dict(self.channel_def)}},
+        }
+
+
+def spec_from_state(state: Mapping[str, Any], source: str) -> NetworkSpec:
+    """The :class:`NetworkSpec` a checkpoint's :data:`SPEC_KEY` entry describes.
+
+    Raises:
+        ValueError: an unknown format or a factory that is not a function of ``common``.
+    """
+    if state.get("format") != FORMAT_VERSION:
+        raise ValueError(
+            f"{source} holds network_spec format {state.get('format')!r}; this code reads {FORMAT_VERSION}"
+        )
+    if not str(state.get("factory", "")).startswith("common."):
+        raise ValueError(f"{source} names network factory {state.get('factory')!r}, not one of common.networks")
+    return locate(state["factory"])(**state["arguments"])
+
+
+def saved_spec_state(path: str | Path) -> Mapping[str, Any] | None:
+    """The :data:`SPEC_KEY` entry of the checkpoint at ``path``; None for a plain state dict or a missing file."""
+    if not Path(path).is_file():
+        return None
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint.get(SPEC_KEY) if isinstance(checkpoint, Mapping) else None
+
+
+def load_network_spec(
+    path: str | Path, factory: str, requested: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> NetworkSpec:
+    """The spec of the network to load from ``path``.
+
+    Args:
+        path: the checkpoint (``models/model.pt``).
+        factory: dotted name of the spec factory, used when the checkpoint has no spec.
+        requested: factory arguments the user set (``None`` = not set). With a spec in the checkpoint, each set
+            one must agree with it; without (a plain state dict: a paper's release, another tool's weights, or no
+            file yet), they build the spec, the factory's defaults filling the others.
+        defaults: arguments used only without a spec in the checkpoint (e.g. the labels in ``metadata.json``).
+
+    Raises:
+        SpecMismatchError: a requested argument contradicts the checkpoint, naming both values.
+    """
+    given = {key: value for key, value in requested.items() if value is not None}
+    state = saved_spec_state(path)
+    if state is None:
+        return locate(factory)(**{**(defaults or {}), **given})
+    spec = spec_from_state(state, str(path))
+    contradictions = [
+        f"--{key} {_plain(value)!r} (the checkpoint has {_plain(spec.arguments.get(key))!r})"
+        for key, value in given.items()
+        if _plain(value) != _plain(spec.arguments.get(key))
+    ]
+    if contradictions:
+        raise SpecMismatchError(
+            f"{path} was saved with other settings: {'; '.join(contradictions)}. Leave these settings out to use the"
+            " checkpoint's (it rebuilds its own network on any machine)"
+        )
+    return spec
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists and mapping keys as strings, so a saved and a given setting compare equal."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value

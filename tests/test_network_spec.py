@@ -1,0 +1,91 @@
+"""A checkpoint carries its network (common.networks.spec): saved with the weights, rebuilt for inference on any
+machine, contradicting settings refused naming both values; plain state dicts load through explicit settings."""
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from common.networks import SpecMismatchError, load_network_spec, segmentation_spec
+from common.networks.spec import SPEC_KEY, spec_from_state
+from module_runner import run_bundle, run_module
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = REPO_ROOT / "bundles" / "btcv_segmentation"
+INFERENCE = str(BUNDLE / "configs" / "inference.json")
+LABELS = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"][
+    "channel_def"
+]
+FACTORY = "common.networks.segmentation_spec"
+TINY = {"arch": "swin_unetr", "feature_size": 12, "roi_size": (32, 32, 32), "pixdim": (4.0, 4.0, 4.0)}
+
+
+def save_checkpoint(path: Path, **arguments) -> dict:
+    """``model.pt`` as the bundle saves it: the state dict of a fresh network and its spec; returns the state dict."""
+    spec = segmentation_spec(LABELS, **arguments)
+    torch.manual_seed(0)
+    state = spec.build().state_dict()
+    torch.save({"model": state, SPEC_KEY: spec.state_dict()}, path)
+    return state
+
+
+def test_saved_spec_rebuilds_the_same_network_from_plain_values(tmp_path):
+    expected = save_checkpoint(tmp_path / "model.pt", **TINY, lora_rank=2)
+    checkpoint = torch.load(tmp_path / "model.pt", weights_only=True)  # plain values only: no code unpickled
+    spec = spec_from_state(checkpoint[SPEC_KEY], "model.pt")
+    network = spec.build()
+    network.load_state_dict(checkpoint["model"])  # strict: the same keys and shapes, adapters included
+    assert {key for key in expected if "lora_" in key} and network.state_dict().keys() == expected.keys()
+    assert spec.channel_def == LABELS and spec.preprocessing == {"pixdim": [4.0, 4.0, 4.0]}
+    assert spec.network_data_format()["outputs"]["pred"]["num_channels"] == 14
+
+
+def test_load_network_spec_takes_the_checkpoint_and_refuses_contradicting_settings(tmp_path):
+    save_checkpoint(tmp_path / "model.pt", **TINY)
+    unset = dict.fromkeys(["arch", "feature_size", "lora_rank", "roi_size"])
+    spec = load_network_spec(tmp_path / "model.pt", FACTORY, unset)
+    assert spec.arguments["feature_size"] == 12 and spec.arguments["roi_size"] == [32, 32, 32]
+    agreeing = {**unset, "arch": "swin_unetr", "roi_size": (32, 32, 32)}  # a tuple equals the saved list
+    assert load_network_spec(tmp_path / "model.pt", FACTORY, agreeing).arguments == spec.arguments
+    with pytest.raises(SpecMismatchError, match=r"--arch 'mim' \(the checkpoint has 'swin_unetr'\).*--lora_rank 4"):
+        load_network_spec(tmp_path / "model.pt", FACTORY, {"arch": "mim", "lora_rank": 4})
+
+
+def test_a_plain_state_dict_loads_through_explicit_settings(tmp_path):
+    spec = segmentation_spec(LABELS, **TINY)
+    torch.save(spec.build().state_dict(), tmp_path / "release.pt")  # a paper's release: no spec
+    requested = {**TINY, "lora_rank": None}
+    loaded = load_network_spec(tmp_path / "release.pt", FACTORY, requested, {"channel_def": LABELS})
+    loaded.build().load_state_dict(torch.load(tmp_path / "release.pt", weights_only=True))
+    assert loaded.arguments == spec.arguments
+
+
+def test_a_resumed_run_with_other_settings_fails_naming_both_values():
+    saved = segmentation_spec(LABELS, **TINY).state_dict()
+    current = segmentation_spec(LABELS, **{**TINY, "feature_size": 24})
+    with pytest.raises(SpecMismatchError, match="feature_size 24 here, 12 in the checkpoint"):
+        current.load_state_dict(saved)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, lora_rank", [("swin_unetr", 0), ("mim", 0), ("swin_unetr", 4)])
+def test_paper_size_weights_infer_on_the_cpu_through_plain_inference_json(tmp_path, arch, lora_rank):
+    """A paper-size network (what ``cpu_demo_scale`` false trains on a GPU) infers here with no override."""
+    save_checkpoint(tmp_path / "model.pt", arch=arch, lora_rank=lora_rank)  # 96^3 windows, paper widths
+    volume = np.full((40, 40, 30), -1000.0, dtype=np.float32)
+    volume[10:30, 10:30, 8:22] = 40.0
+    nib.save(nib.Nifti1Image(volume, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "case.nii.gz")
+    out = tmp_path / "predictions"
+    run_bundle([INFERENCE], input=tmp_path / "case.nii.gz", ckpt_path=tmp_path / "model.pt", output_dir=out)
+    (prediction,) = out.glob("*_seg.nii.gz")
+    assert nib.load(prediction).shape[:3] == (40, 40, 30)
+    if lora_rank:
+        args = ["run", "--config_file", INFERENCE, "--input", str(tmp_path / "case.nii.gz"), "--ckpt_path",
+                str(tmp_path / "model.pt"), "--output_dir", str(tmp_path / "other"), "--lora_rank", "0"]
+        result = run_module("monai.bundle", *args)
+        assert result.returncode != 0
+        last_line = result.stderr.strip().splitlines()[-1]
+        assert "--lora_rank 0 (the checkpoint has 4)" in last_line
