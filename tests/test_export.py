@@ -16,14 +16,24 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.data import load_net_with_metadata
+
+from common.networks import convvit_config, hybrid_config, segmentation_spec, vit_config
+from common.networks.spec import SPEC_KEY
 from module_runner import monai_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
-# (bundle, overrides of inference.json (tiny shapes), input shape, extra ckpt_export arguments)
+# The bundle whose checkpoints carry their network: its settings below are the saved spec's arguments.
+SPEC_FACTORIES = {"btcv_segmentation": segmentation_spec}
+BTCV_LABELS = json.loads((REPO_ROOT / "bundles" / "btcv_segmentation" / "configs" / "metadata.json").read_text())[
+    "network_data_format"]["outputs"]["pred"]["channel_def"]
+DEMO_SIZES = {"hybrid_config": hybrid_config(True), "convvit_config": convvit_config(True), "vit_config": vit_config(True)}
+
+# (bundle, settings (tiny shapes): overrides of inference.json or the saved spec's arguments, input shape, extra
+# ckpt_export arguments)
 SCRIPTED = {
-    "unetr": ("btcv_segmentation", {"arch": "unetr", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
+    "unetr": ("btcv_segmentation", {"arch": "unetr", "roi_size": [32, 32, 32], **DEMO_SIZES}, (1, 1, 32, 32, 32), []),
     "resnet50": ("ct_slice_classification", {"image_size": 64}, (1, 1, 64, 64), []),
 }
 # not scriptable: MONAI's SwinUNETR / SwinTransformer (torch.utils.checkpoint under torch 2.13), MONAI's MedNeXt
@@ -34,33 +44,48 @@ TRACED = {
     "cls_vit": ("ct_classification3d", {"arch": "vit", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
     "cls_swin": ("ct_classification3d", {"arch": "swin", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
     "cls_hyspark": ("ct_classification3d", {"arch": "hyspark", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
-    "seg_swin_unetr": ("btcv_segmentation", {"arch": "swin_unetr"}, (1, 1, 64, 64, 64), []),
+    "seg_swin_unetr": ("btcv_segmentation", {"arch": "swin_unetr", "feature_size": 12, "roi_size": [64] * 3},
+                       (1, 1, 64, 64, 64), []),
     "seg_mednext": ("btcv_segmentation", {"arch": "mednext", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
-    "seg_mim": ("btcv_segmentation", {"arch": "mim"}, (1, 1, 64, 64, 64), []),
-    "seg_hyspark": ("btcv_segmentation", {"arch": "hyspark"}, (1, 1, 64, 64, 64), []),
+    "seg_mim": ("btcv_segmentation", {"arch": "mim", "feature_size": 12, "roi_size": [64] * 3, **DEMO_SIZES},
+                (1, 1, 64, 64, 64), []),
+    "seg_hyspark": ("btcv_segmentation", {"arch": "hyspark", "roi_size": [64] * 3, **DEMO_SIZES},
+                    (1, 1, 64, 64, 64), []),
 }
 FAST = {"unetr", "cls_mim"}  # one scripted, one traced: the two ckpt_export paths
 
 
-def write_checkpoint(bundle: str, overrides: dict, path: Path) -> torch.nn.Module:
-    """``network_def`` of ``bundle``'s ``inference.json`` with ``overrides``, fresh seeded weights saved to ``path``
-    as the plain state dict the bundles' ``CheckpointSaver`` writes; returned in eval mode."""
+def write_checkpoint(bundle: str, settings: dict, path: Path) -> torch.nn.Module:
+    """A network of fresh seeded weights saved to ``path`` as the bundle's training saves it, returned in eval mode:
+    with its spec (made from ``settings``) for :data:`SPEC_FACTORIES`, else the plain state dict of ``network_def``
+    of ``bundle``'s ``inference.json`` with the ``settings`` as overrides."""
+    torch.manual_seed(0)
+    if bundle in SPEC_FACTORIES:
+        spec = SPEC_FACTORIES[bundle](BTCV_LABELS, **settings)
+        network = spec.build().eval()
+        torch.save({"model": network.state_dict(), SPEC_KEY: spec.state_dict()}, path)
+        return network
     parser = ConfigParser()
     parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / "inference.json"))
-    for key, value in overrides.items():
+    for key, value in settings.items():
         parser[key] = value
-    torch.manual_seed(0)
     network = parser.get_parsed_content("network_def").eval()
     torch.save(network.state_dict(), path)
     return network
 
 
-def export(command: str, bundle: str, overrides: dict, *arguments: str) -> None:
-    """``python -m monai.bundle <command> --net_id network_def ... --config_file configs/inference.json``, started
-    inside the bundle folder; fails the test with the command's output."""
-    overrides = {key: json.dumps(value) for key, value in overrides.items()}
-    monai_bundle(command, "--net_id", "network_def", "--config_file", "configs/inference.json", *arguments,
-                 cwd=REPO_ROOT / "bundles" / bundle, **overrides)
+def export(command: str, bundle: str, settings: dict, checkpoint: Path, *arguments: str) -> None:
+    """``python -m monai.bundle <command> --net_id network_def --ckpt_file <checkpoint> ... --config_file
+    configs/inference.json``, started inside the bundle folder; fails the test with the command's output. A
+    checkpoint that carries its network needs no setting (``--ckpt_path`` names it to ``inference.json``; the
+    weights are its ``"model"`` entry), others get ``settings`` as overrides."""
+    if bundle in SPEC_FACTORIES:  # the weights are under "model", next to the spec
+        arguments = ("--key_in_ckpt", "model", *arguments)
+        overrides = {"ckpt_path": str(checkpoint)}
+    else:
+        overrides = {key: json.dumps(value) for key, value in settings.items()}
+    monai_bundle(command, "--net_id", "network_def", "--config_file", "configs/inference.json",
+                 "--ckpt_file", str(checkpoint), *arguments, cwd=REPO_ROOT / "bundles" / bundle, **overrides)
 
 
 def assert_same_outputs(exported, network: torch.nn.Module, shape: tuple[int, ...]) -> None:
@@ -80,10 +105,10 @@ def _cases(table: dict) -> list:
 
 
 def _ckpt_export(tmp_path, table, name, *how: str) -> None:
-    bundle, overrides, shape, extra = table[name]
-    network = write_checkpoint(bundle, overrides, tmp_path / "model.pt")
-    export("ckpt_export", bundle, overrides, "--filepath", str(tmp_path / "model.ts"),
-                 "--ckpt_file", str(tmp_path / "model.pt"), *how, *extra)
+    bundle, settings, shape, extra = table[name]
+    network = write_checkpoint(bundle, settings, tmp_path / "model.pt")
+    export("ckpt_export", bundle, settings, tmp_path / "model.pt", "--filepath", str(tmp_path / "model.ts"), *how,
+           *extra)
     exported, _, extra_files = load_net_with_metadata(str(tmp_path / "model.ts"), more_extra_files=["inference.json"])
     assert "network_def" in json.loads(extra_files["inference.json"]), "the export carries its inference config"
     assert_same_outputs(exported, network, shape)
@@ -119,10 +144,10 @@ ONNX = {
 def test_onnx_export_matches_the_network(tmp_path, name):
     import onnxruntime
 
-    bundle, overrides, shape, _ = ONNX[name]
-    network = write_checkpoint(bundle, overrides, tmp_path / "model.pt")
-    export("onnx_export", bundle, overrides, "--filepath", str(tmp_path / "model.onnx"),
-                 "--ckpt_file", str(tmp_path / "model.pt"), "--input_shape", json.dumps(list(shape)))
+    bundle, settings, shape, _ = ONNX[name]
+    network = write_checkpoint(bundle, settings, tmp_path / "model.pt")
+    export("onnx_export", bundle, settings, tmp_path / "model.pt", "--filepath", str(tmp_path / "model.onnx"),
+           "--input_shape", json.dumps(list(shape)))
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     assert_same_outputs(lambda x: session.run(None, {input_name: x.numpy().astype(np.float32)})[0], network, shape)

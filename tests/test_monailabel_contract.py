@@ -23,20 +23,31 @@ from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.transforms import Compose, LoadImaged, SaveImaged
 from PIL import Image
 
+from common.networks import segmentation_spec
+from common.networks.spec import SPEC_KEY
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = REPO_ROOT / "bundles"
+# Bundles whose checkpoints carry their network: the arguments of the spec saved with the weights (test-sized).
+SPEC_SETTINGS = {"btcv_segmentation": {"feature_size": 12, "roi_size": [64, 64, 64]}}
 # MONAI Label's own options of an inference task (BasicInferTask / BundleInferTask ``_config``).
 MONAI_LABEL_OPTIONS = {"device", "model_filename"}
 def monai_label_copy(bundle: str, folder: Path, settings: dict | None = None) -> Path:
     """The bundle as a MONAI Label app holds it, ``<app>/model/<bundle>``: its ``configs/`` and a
-    ``models/model.pt`` (the plain state dict that ``CheckpointSaver`` writes) of fresh ``network_def`` weights
-    (``settings``: see :func:`read_like_monai_label`)."""
+    ``models/model.pt`` of fresh weights as the bundle's training writes it: with the network's spec for
+    :data:`SPEC_SETTINGS` (the CPU demo's network), else the plain state dict of ``network_def`` (``settings``: see
+    :func:`read_like_monai_label`)."""
     copy_root = folder / bundle
     shutil.copytree(BUNDLES / bundle / "configs", copy_root / "configs")
     (copy_root / "models").mkdir()
-    parser = read_like_monai_label(copy_root, settings)
     torch.manual_seed(0)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), copy_root / "models" / "model.pt")
+    if bundle in SPEC_SETTINGS:
+        labels = json.loads((copy_root / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]
+        spec = segmentation_spec(labels["pred"]["channel_def"], **SPEC_SETTINGS[bundle])
+        checkpoint = {"model": spec.build().state_dict(), SPEC_KEY: spec.state_dict()}
+    else:
+        checkpoint = read_like_monai_label(copy_root, settings).get_parsed_content("network_def").state_dict()
+    torch.save(checkpoint, copy_root / "models" / "model.pt")
     return copy_root
 
 
@@ -143,7 +154,7 @@ def write_slice(path: Path, size: int = 48) -> Path:
 
 # bundle -> (input writer, settings a served bundle would fix: test-sized shapes, slice intensity statistics)
 CASES = {
-    "btcv_segmentation": (write_ct, {}),  # Swin UNETR's instance norms need more than 32^3
+    "btcv_segmentation": (write_ct, {}),  # the network is the checkpoint's (SPEC_SETTINGS)
     "ct_classification3d": (write_ct, {"roi_size": [32, 32, 32]}),
     "ct_slice_classification": (write_slice, {"intensity": [0.2, 0.3]}),
 }
