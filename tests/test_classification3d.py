@@ -270,7 +270,7 @@ def test_probability_writer_names_columns_by_class(tmp_path):
 def test_bundle_fine_tunes_a_mim_checkpoint_tracks_and_predicts(tmp_path, lora_rank):
     """Plain ``train.json`` + ``smoke.json`` from a MiM pre-training checkpoint: fully (the encoder trains), or with
     ``--lora_rank 4`` (its pre-trained weights stay as loaded while its adapters and the head train); inference
-    loads the fine-tuned model."""
+    rebuilds the fine-tuned network from its checkpoint."""
     configs = BUNDLE / "configs"
     models, evaluation = tmp_path / "models", tmp_path / "eval"
     torch.manual_seed(0)
@@ -299,8 +299,7 @@ def test_bundle_fine_tunes_a_mim_checkpoint_tracks_and_predicts(tmp_path, lora_r
     monai.bundle.run(  # in this process, to spare a second start of Python
         config_file=str(configs / "inference.json"), logging_file=False, input=volume,
         ckpt_path=str(models / "model.pt"), output_dir=str(tmp_path / "predictions"),
-        roi_size=[32, 32, 32], pixdim=[4.0, 4.0, 4.0], lora_rank=lora_rank,
-    )
+    )  # no setting: the network, its crop size and spacing come from the checkpoint
     with open(tmp_path / "predictions" / "predictions.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert len(rows) == 1 and rows[0]["image"] == volume and rows[0]["prediction"] in demo.CLASS_NAMES

@@ -17,17 +17,29 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import load_net_with_metadata
 
-from common.networks import convvit_config, hybrid_config, segmentation_spec, vit_config
+from common.networks import (
+    classification_encoder_config,
+    classification_spec,
+    convvit_config,
+    hybrid_config,
+    segmentation_spec,
+    vit_config,
+)
 from common.networks.spec import SPEC_KEY
 from module_runner import monai_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
-# The bundle whose checkpoints carry their network: its settings below are the saved spec's arguments.
-SPEC_FACTORIES = {"btcv_segmentation": segmentation_spec}
-BTCV_LABELS = json.loads((REPO_ROOT / "bundles" / "btcv_segmentation" / "configs" / "metadata.json").read_text())[
-    "network_data_format"]["outputs"]["pred"]["channel_def"]
+# The bundles whose checkpoints carry their network: their settings below are the saved spec's arguments.
+SPEC_FACTORIES = {"btcv_segmentation": segmentation_spec, "ct_classification3d": classification_spec}
+
+
+def demo_classifier(arch: str) -> dict:
+    """A classifier ``arch`` of the CPU demo's encoder sizes on 32^3 crops."""
+    return {"arch": arch, "roi_size": [32, 32, 32], "encoder_config": classification_encoder_config(arch, True)}
+
+
 DEMO_SIZES = {"hybrid_config": hybrid_config(True), "convvit_config": convvit_config(True), "vit_config": vit_config(True)}
 
 # (bundle, settings (tiny shapes): overrides of inference.json or the saved spec's arguments, input shape, extra
@@ -40,10 +52,10 @@ SCRIPTED = {
 # block (global_resp_gamma only exists with global_resp_norm), common's ChannelsFirstLayerNorm (super().forward,
 # hyspark / mim) and EncoderClassifier.features (list or tuple encoder output, vit)
 TRACED = {
-    "cls_mim": ("ct_classification3d", {"arch": "mim", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
-    "cls_vit": ("ct_classification3d", {"arch": "vit", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
-    "cls_swin": ("ct_classification3d", {"arch": "swin", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
-    "cls_hyspark": ("ct_classification3d", {"arch": "hyspark", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
+    "cls_mim": ("ct_classification3d", demo_classifier("mim"), (1, 1, 32, 32, 32), []),
+    "cls_vit": ("ct_classification3d", demo_classifier("vit"), (1, 1, 32, 32, 32), []),
+    "cls_swin": ("ct_classification3d", demo_classifier("swin"), (1, 1, 32, 32, 32), []),
+    "cls_hyspark": ("ct_classification3d", demo_classifier("hyspark"), (1, 1, 32, 32, 32), []),
     "seg_swin_unetr": ("btcv_segmentation", {"arch": "swin_unetr", "feature_size": 12, "roi_size": [64] * 3},
                        (1, 1, 64, 64, 64), []),
     "seg_mednext": ("btcv_segmentation", {"arch": "mednext", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
@@ -61,7 +73,8 @@ def write_checkpoint(bundle: str, settings: dict, path: Path) -> torch.nn.Module
     of ``bundle``'s ``inference.json`` with the ``settings`` as overrides."""
     torch.manual_seed(0)
     if bundle in SPEC_FACTORIES:
-        spec = SPEC_FACTORIES[bundle](BTCV_LABELS, **settings)
+        metadata = json.loads((REPO_ROOT / "bundles" / bundle / "configs" / "metadata.json").read_text())
+        spec = SPEC_FACTORIES[bundle](metadata["network_data_format"]["outputs"]["pred"]["channel_def"], **settings)
         network = spec.build().eval()
         torch.save({"model": network.state_dict(), SPEC_KEY: spec.state_dict()}, path)
         return network

@@ -23,13 +23,16 @@ from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.transforms import Compose, LoadImaged, SaveImaged
 from PIL import Image
 
-from common.networks import segmentation_spec
+from common.networks import classification_spec, convvit_config, segmentation_spec
 from common.networks.spec import SPEC_KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = REPO_ROOT / "bundles"
 # Bundles whose checkpoints carry their network: the arguments of the spec saved with the weights (test-sized).
-SPEC_SETTINGS = {"btcv_segmentation": {"feature_size": 12, "roi_size": [64, 64, 64]}}
+SPEC_SETTINGS = {
+    "btcv_segmentation": (segmentation_spec, {"feature_size": 12, "roi_size": [64, 64, 64]}),
+    "ct_classification3d": (classification_spec, {"encoder_config": convvit_config(True), "roi_size": [32, 32, 32]}),
+}
 # MONAI Label's own options of an inference task (BasicInferTask / BundleInferTask ``_config``).
 MONAI_LABEL_OPTIONS = {"device", "model_filename"}
 def monai_label_copy(bundle: str, folder: Path, settings: dict | None = None) -> Path:
@@ -43,7 +46,8 @@ def monai_label_copy(bundle: str, folder: Path, settings: dict | None = None) ->
     torch.manual_seed(0)
     if bundle in SPEC_SETTINGS:
         labels = json.loads((copy_root / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]
-        spec = segmentation_spec(labels["pred"]["channel_def"], **SPEC_SETTINGS[bundle])
+        factory, arguments = SPEC_SETTINGS[bundle]
+        spec = factory(labels["pred"]["channel_def"], **arguments)
         checkpoint = {"model": spec.build().state_dict(), SPEC_KEY: spec.state_dict()}
     else:
         checkpoint = read_like_monai_label(copy_root, settings).get_parsed_content("network_def").state_dict()
@@ -155,7 +159,7 @@ def write_slice(path: Path, size: int = 48) -> Path:
 # bundle -> (input writer, settings a served bundle would fix: test-sized shapes, slice intensity statistics)
 CASES = {
     "btcv_segmentation": (write_ct, {}),  # the network is the checkpoint's (SPEC_SETTINGS)
-    "ct_classification3d": (write_ct, {"roi_size": [32, 32, 32]}),
+    "ct_classification3d": (write_ct, {}),  # the network is the checkpoint's (SPEC_SETTINGS)
     "ct_slice_classification": (write_slice, {"intensity": [0.2, 0.3]}),
 }
 

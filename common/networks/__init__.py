@@ -5,6 +5,7 @@ from common.networks.classification import (
     CLASSIFICATION_ENCODER_RENAME,
     classification_encoder_config,
     classification_network,
+    classification_spec,
 )
 from common.networks.convvit import ConvViT3D, ConvViTSegmentationNet, convvit_config
 from common.networks.hybrid import HybridEncoder, HybridSegmentationNet, hybrid_config
@@ -41,6 +42,7 @@ __all__ = [
     "adapt_encoder",
     "classification_encoder_config",
     "classification_network",
+    "classification_spec",
     "convvit_config",
     "hybrid_config",
     "load_network_spec",

@@ -30,9 +30,11 @@ from monai.networks.nets import ViT
 from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
+from common.lora import add_lora
 from common.networks.convvit import ConvViT3D, convvit_config
 from common.networks.vit import PATCH_SIZE, VIT_SIZES, vit_config
 from common.networks.hybrid import HybridEncoder, hybrid_config
+from common.networks.spec import NetworkSpec
 
 CLASSIFICATION_ARCHS = ("swin", "vit", "hyspark", "mim")
 
@@ -196,3 +198,47 @@ def classification_network(
         raise ValueError(f"unknown classification arch {arch!r}; choose one of {CLASSIFICATION_ARCHS}")
     encoder, channels, tokens = _ENCODERS[arch](in_channels, roi_size, **(encoder_config or {}))
     return EncoderClassifier(encoder, channels, num_classes, hidden_channels, dropout, tokens)
+
+
+def classification_spec(
+    channel_def: Mapping,
+    arch: str = "mim",
+    in_channels: int = 1,
+    roi_size: Sequence[int] = (96, 96, 96),
+    encoder_config: Mapping | None = None,
+    dropout: float = 0.0,
+    lora_rank: int = 0,
+    pixdim: Sequence[float] = (1.5, 1.5, 1.5),
+) -> NetworkSpec:
+    """The :class:`~common.networks.spec.NetworkSpec` of a volume classifier: what ``ct_classification3d`` saves
+    with its weights and rebuilds for inference.
+
+    Args:
+        channel_def: output index -> class name (``metadata.json``'s ``channel_def``); one logit per class.
+        arch, in_channels, roi_size, encoder_config, dropout: :func:`classification_network`; ``encoder_config``
+            ``None`` is the paper's sizes.
+        lora_rank: rank of the LoRA adapters in the encoder (:func:`common.lora.add_lora`); 0 for none.
+        pixdim: the voxel spacing (mm) the network was trained at, which inference resamples to before resizing
+            the body crop to ``roi_size``.
+    """
+    labels = {str(index): name for index, name in channel_def.items()}
+    encoder = dict(encoder_config) if encoder_config is not None else classification_encoder_config(arch)
+    arguments = {
+        "channel_def": labels,
+        "arch": arch,
+        "in_channels": in_channels,
+        "roi_size": list(roi_size),
+        "encoder_config": encoder,
+        "dropout": dropout,
+        "lora_rank": lora_rank,
+        "pixdim": list(pixdim),
+    }
+    return NetworkSpec(
+        factory="common.networks.classification_spec",
+        arguments=arguments,
+        network=lambda: classification_network(arch, in_channels, len(labels), roi_size, encoder, dropout=dropout),
+        adapters=lambda network: add_lora(network, lora_rank, target="encoder"),
+        channel_def=labels,
+        in_channels=in_channels,
+        preprocessing={"roi_size": list(roi_size), "pixdim": list(pixdim)},
+    )
