@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from monai.data import load_net_with_metadata
 
 from common.networks import (
@@ -23,6 +22,7 @@ from common.networks import (
     convvit_config,
     hybrid_config,
     segmentation_spec,
+    slice_classification_spec,
     vit_config,
 )
 from common.networks.spec import SPEC_KEY
@@ -31,8 +31,12 @@ from module_runner import monai_bundle
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
-# The bundles whose checkpoints carry their network: their settings below are the saved spec's arguments.
-SPEC_FACTORIES = {"btcv_segmentation": segmentation_spec, "ct_classification3d": classification_spec}
+# Each downstream bundle's spec factory: the settings below are the arguments of the spec saved with the weights.
+SPEC_FACTORIES = {
+    "btcv_segmentation": segmentation_spec,
+    "ct_classification3d": classification_spec,
+    "ct_slice_classification": slice_classification_spec,
+}
 
 
 def demo_classifier(arch: str) -> dict:
@@ -42,11 +46,10 @@ def demo_classifier(arch: str) -> dict:
 
 DEMO_SIZES = {"hybrid_config": hybrid_config(True), "convvit_config": convvit_config(True), "vit_config": vit_config(True)}
 
-# (bundle, settings (tiny shapes): overrides of inference.json or the saved spec's arguments, input shape, extra
-# ckpt_export arguments)
+# (bundle, the saved spec's arguments (tiny shapes), input shape, extra ckpt_export arguments)
 SCRIPTED = {
     "unetr": ("btcv_segmentation", {"arch": "unetr", "roi_size": [32, 32, 32], **DEMO_SIZES}, (1, 1, 32, 32, 32), []),
-    "resnet50": ("ct_slice_classification", {"image_size": 64}, (1, 1, 64, 64), []),
+    "resnet50": ("ct_slice_classification", {"image_size": 64, "intensity": [0.5, 0.25]}, (1, 1, 64, 64), []),
 }
 # not scriptable: MONAI's SwinUNETR / SwinTransformer (torch.utils.checkpoint under torch 2.13), MONAI's MedNeXt
 # block (global_resp_gamma only exists with global_resp_norm), common's ChannelsFirstLayerNorm (super().forward,
@@ -68,37 +71,24 @@ FAST = {"unetr", "cls_mim"}  # one scripted, one traced: the two ckpt_export pat
 
 
 def write_checkpoint(bundle: str, settings: dict, path: Path) -> torch.nn.Module:
-    """A network of fresh seeded weights saved to ``path`` as the bundle's training saves it, returned in eval mode:
-    with its spec (made from ``settings``) for :data:`SPEC_FACTORIES`, else the plain state dict of ``network_def``
-    of ``bundle``'s ``inference.json`` with the ``settings`` as overrides."""
+    """A network of fresh seeded weights saved to ``path`` as the bundle's training saves it, with its spec made
+    from ``settings`` by the bundle's factory (:data:`SPEC_FACTORIES`); returned in eval mode."""
     torch.manual_seed(0)
-    if bundle in SPEC_FACTORIES:
-        metadata = json.loads((REPO_ROOT / "bundles" / bundle / "configs" / "metadata.json").read_text())
-        spec = SPEC_FACTORIES[bundle](metadata["network_data_format"]["outputs"]["pred"]["channel_def"], **settings)
-        network = spec.build().eval()
-        torch.save({"model": network.state_dict(), SPEC_KEY: spec.state_dict()}, path)
-        return network
-    parser = ConfigParser()
-    parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / "inference.json"))
-    for key, value in settings.items():
-        parser[key] = value
-    network = parser.get_parsed_content("network_def").eval()
-    torch.save(network.state_dict(), path)
+    metadata = json.loads((REPO_ROOT / "bundles" / bundle / "configs" / "metadata.json").read_text())
+    spec = SPEC_FACTORIES[bundle](metadata["network_data_format"]["outputs"]["pred"]["channel_def"], **settings)
+    network = spec.build().eval()
+    torch.save({"model": network.state_dict(), SPEC_KEY: spec.state_dict()}, path)
     return network
 
 
-def export(command: str, bundle: str, settings: dict, checkpoint: Path, *arguments: str) -> None:
-    """``python -m monai.bundle <command> --net_id network_def --ckpt_file <checkpoint> ... --config_file
-    configs/inference.json``, started inside the bundle folder; fails the test with the command's output. A
-    checkpoint that carries its network needs no setting (``--ckpt_path`` names it to ``inference.json``; the
-    weights are its ``"model"`` entry), others get ``settings`` as overrides."""
-    if bundle in SPEC_FACTORIES:  # the weights are under "model", next to the spec
-        arguments = ("--key_in_ckpt", "model", *arguments)
-        overrides = {"ckpt_path": str(checkpoint)}
-    else:
-        overrides = {key: json.dumps(value) for key, value in settings.items()}
+def export(command: str, bundle: str, checkpoint: Path, *arguments: str) -> None:
+    """``python -m monai.bundle <command> --net_id network_def --ckpt_file <checkpoint> --key_in_ckpt model ...
+    --config_file configs/inference.json``, started inside the bundle folder; fails the test with the command's
+    output. The checkpoint carries its network, so no setting is given: ``--ckpt_path`` names it to
+    ``inference.json``, and the weights are its ``"model"`` entry."""
     monai_bundle(command, "--net_id", "network_def", "--config_file", "configs/inference.json",
-                 "--ckpt_file", str(checkpoint), *arguments, cwd=REPO_ROOT / "bundles" / bundle, **overrides)
+                 "--ckpt_file", str(checkpoint), "--key_in_ckpt", "model", *arguments,
+                 cwd=REPO_ROOT / "bundles" / bundle, ckpt_path=checkpoint)
 
 
 def assert_same_outputs(exported, network: torch.nn.Module, shape: tuple[int, ...]) -> None:
@@ -120,7 +110,7 @@ def _cases(table: dict) -> list:
 def _ckpt_export(tmp_path, table, name, *how: str) -> None:
     bundle, settings, shape, extra = table[name]
     network = write_checkpoint(bundle, settings, tmp_path / "model.pt")
-    export("ckpt_export", bundle, settings, tmp_path / "model.pt", "--filepath", str(tmp_path / "model.ts"), *how,
+    export("ckpt_export", bundle, tmp_path / "model.pt", "--filepath", str(tmp_path / "model.ts"), *how,
            *extra)
     exported, _, extra_files = load_net_with_metadata(str(tmp_path / "model.ts"), more_extra_files=["inference.json"])
     assert "network_def" in json.loads(extra_files["inference.json"]), "the export carries its inference config"
@@ -159,7 +149,7 @@ def test_onnx_export_matches_the_network(tmp_path, name):
 
     bundle, settings, shape, _ = ONNX[name]
     network = write_checkpoint(bundle, settings, tmp_path / "model.pt")
-    export("onnx_export", bundle, settings, tmp_path / "model.pt", "--filepath", str(tmp_path / "model.onnx"),
+    export("onnx_export", bundle, tmp_path / "model.pt", "--filepath", str(tmp_path / "model.onnx"),
            "--input_shape", json.dumps(list(shape)))
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name

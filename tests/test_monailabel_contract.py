@@ -23,35 +23,30 @@ from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.transforms import Compose, LoadImaged, SaveImaged
 from PIL import Image
 
-from common.networks import classification_spec, convvit_config, segmentation_spec
+from common.networks import classification_spec, convvit_config, segmentation_spec, slice_classification_spec
 from common.networks.spec import SPEC_KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = REPO_ROOT / "bundles"
-# Bundles whose checkpoints carry their network: the arguments of the spec saved with the weights (test-sized).
+# Each bundle's spec factory and the arguments of the spec saved with the weights (test-sized).
 SPEC_SETTINGS = {
     "btcv_segmentation": (segmentation_spec, {"feature_size": 12, "roi_size": [64, 64, 64]}),
     "ct_classification3d": (classification_spec, {"encoder_config": convvit_config(True), "roi_size": [32, 32, 32]}),
+    "ct_slice_classification": (slice_classification_spec, {"intensity": [0.2, 0.3], "image_size": 64}),
 }
 # MONAI Label's own options of an inference task (BasicInferTask / BundleInferTask ``_config``).
 MONAI_LABEL_OPTIONS = {"device", "model_filename"}
-def monai_label_copy(bundle: str, folder: Path, settings: dict | None = None) -> Path:
-    """The bundle as a MONAI Label app holds it, ``<app>/model/<bundle>``: its ``configs/`` and a
-    ``models/model.pt`` of fresh weights as the bundle's training writes it: with the network's spec for
-    :data:`SPEC_SETTINGS` (the CPU demo's network), else the plain state dict of ``network_def`` (``settings``: see
-    :func:`read_like_monai_label`)."""
+def monai_label_copy(bundle: str, folder: Path) -> Path:
+    """The bundle as a MONAI Label app holds it, ``<app>/model/<bundle>``: its ``configs/`` and a ``models/model.pt``
+    of fresh weights as the bundle's training writes it, with the network's spec (:data:`SPEC_SETTINGS`)."""
     copy_root = folder / bundle
     shutil.copytree(BUNDLES / bundle / "configs", copy_root / "configs")
     (copy_root / "models").mkdir()
     torch.manual_seed(0)
-    if bundle in SPEC_SETTINGS:
-        labels = json.loads((copy_root / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]
-        factory, arguments = SPEC_SETTINGS[bundle]
-        spec = factory(labels["pred"]["channel_def"], **arguments)
-        checkpoint = {"model": spec.build().state_dict(), SPEC_KEY: spec.state_dict()}
-    else:
-        checkpoint = read_like_monai_label(copy_root, settings).get_parsed_content("network_def").state_dict()
-    torch.save(checkpoint, copy_root / "models" / "model.pt")
+    labels = json.loads((copy_root / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]
+    factory, arguments = SPEC_SETTINGS[bundle]
+    spec = factory(labels["pred"]["channel_def"], **arguments)
+    torch.save({"model": spec.build().state_dict(), SPEC_KEY: spec.state_dict()}, copy_root / "models" / "model.pt")
     return copy_root
 
 
@@ -60,7 +55,7 @@ def read_like_monai_label(bundle_root: Path, settings: dict | None = None) -> Co
 
     Args:
         bundle_root: the bundle folder.
-        settings: values a packaged bundle would hold in its ``inference.json`` (here: smaller test shapes).
+        settings: values written into its ``inference.json``, as ``tools.package --settings`` does.
     """
     parser = ConfigParser()
     parser.read_config(str(bundle_root / "configs" / "inference.json"))
@@ -79,7 +74,7 @@ def monai_label_labels(bundle_root: Path) -> dict[str, int]:
 
 
 def infer_like_monai_label(
-    bundle_root: Path, request: dict, settings: dict | None = None, image_path: bool = True
+    bundle_root: Path, request: dict, image_path: bool = True
 ) -> tuple[dict, ConfigParser]:
     """One inference request through the steps of MONAI Label 0.8.5's ``BundleInferTask`` on the CPU.
 
@@ -92,13 +87,12 @@ def infer_like_monai_label(
     Args:
         bundle_root: a bundle folder holding ``configs/`` and ``models/model.pt``.
         request: ``{"image": <file path>}`` and option values (keys of ``displayable_configs``).
-        settings: see :func:`read_like_monai_label`.
         image_path: add ``image_path`` to the data as ``BasicInferTask.__call__`` does.
 
     Returns:
         the post-processed data dict (``pred`` among it) and the parser, holding the instantiated components.
     """
-    parser = read_like_monai_label(bundle_root, settings)
+    parser = read_like_monai_label(bundle_root)
     network = parser.get_parsed_content("network_def", instantiate=True)
     options = parser.get_parsed_content("displayable_configs", instantiate=True) if parser.get("displayable_configs") else {}
 
@@ -156,12 +150,8 @@ def write_slice(path: Path, size: int = 48) -> Path:
     return path
 
 
-# bundle -> (input writer, settings a served bundle would fix: test-sized shapes, slice intensity statistics)
-CASES = {
-    "btcv_segmentation": (write_ct, {}),  # the network is the checkpoint's (SPEC_SETTINGS)
-    "ct_classification3d": (write_ct, {}),  # the network is the checkpoint's (SPEC_SETTINGS)
-    "ct_slice_classification": (write_slice, {"intensity": [0.2, 0.3]}),
-}
+# bundle -> writer of a test input
+INPUTS = {"btcv_segmentation": write_ct, "ct_classification3d": write_ct, "ct_slice_classification": write_slice}
 
 
 @pytest.mark.parametrize(
@@ -175,14 +165,14 @@ CASES = {
     ],
 )
 def test_serves_a_request_as_monai_label_does(tmp_path, bundle, image_path):
-    write, settings = CASES[bundle]
-    bundle_root = monai_label_copy(bundle, tmp_path / "model", settings)
+    write = INPUTS[bundle]
+    bundle_root = monai_label_copy(bundle, tmp_path / "model")
     source = write(tmp_path / ("input.png" if write is write_slice else "input.nii.gz"))
     labels = monai_label_labels(bundle_root)
     channel_def = read_like_monai_label(bundle_root).get_parsed_content("channel_def")
     assert set(labels.values()) <= {int(index) for index in channel_def}
 
-    data, parser = infer_like_monai_label(bundle_root, {"image": str(source)}, settings, image_path=image_path)
+    data, parser = infer_like_monai_label(bundle_root, {"image": str(source)}, image_path=image_path)
 
     pred = data["pred"]
     if bundle == "btcv_segmentation":
@@ -199,15 +189,14 @@ def test_serves_a_request_as_monai_label_does(tmp_path, bundle, image_path):
 
 def test_displayable_configs_reach_the_sliding_window(tmp_path):
     """The options MONAI Label shows (scalars: a list would become a drop-down) set the inferer of a request."""
-    settings = CASES["btcv_segmentation"][1]
-    bundle_root = monai_label_copy("btcv_segmentation", tmp_path / "model", settings)
+    bundle_root = monai_label_copy("btcv_segmentation", tmp_path / "model")
     options = read_like_monai_label(bundle_root).get_parsed_content("displayable_configs")
     assert set(options) == {"sw_overlap", "sw_batch_size"} and not set(options) & MONAI_LABEL_OPTIONS
     assert all(isinstance(value, (bool, int, float, str)) for value in options.values())
 
     source = write_ct(tmp_path / "input.nii.gz")
     request = {"image": str(source), "sw_overlap": 0.25, "sw_batch_size": 2}
-    _, parser = infer_like_monai_label(bundle_root, request, settings, image_path=False)
+    _, parser = infer_like_monai_label(bundle_root, request, image_path=False)
     inferer = parser.get_parsed_content("inferer")
     assert isinstance(inferer, SlidingWindowInferer)
     assert (inferer.overlap, inferer.sw_batch_size) == (0.25, 2)

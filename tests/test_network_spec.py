@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from common.networks import SpecMismatchError, load_network_spec, segmentation_spec
+from common.networks import (
+    SpecMismatchError,
+    classification_spec,
+    convvit_config,
+    load_network_spec,
+    segmentation_spec,
+    slice_classification_spec,
+)
 from common.networks.spec import SPEC_KEY, spec_from_state
+from common.transforms import slice_classification_preprocessing
 from module_runner import run_bundle, run_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +49,30 @@ def test_saved_spec_rebuilds_the_same_network_from_plain_values(tmp_path):
     assert {key for key in expected if "lora_" in key} and network.state_dict().keys() == expected.keys()
     assert spec.channel_def == LABELS and spec.preprocessing == {"pixdim": [4.0, 4.0, 4.0]}
     assert spec.network_data_format()["outputs"]["pred"]["num_channels"] == 14
+
+
+@pytest.mark.parametrize(
+    "factory, arguments",
+    [
+        (classification_spec, {"encoder_config": convvit_config(True), "roi_size": (32, 32, 32), "lora_rank": 2}),
+        (slice_classification_spec, {"depth": 18, "image_size": 64, "intensity": (0.25, 0.5)}),
+    ],
+)
+def test_classifier_specs_rebuild_their_networks_and_preprocessing(factory, arguments):
+    labels = {0: "covid", 1: "normal", 2: "pneumonia"}
+    saved = factory(labels, **arguments)
+    state = saved.build().state_dict()
+    rebuilt = spec_from_state(saved.state_dict(), "model.pt")
+    rebuilt.build().load_state_dict(state)  # strict, adapters included
+    assert rebuilt.channel_def == {"0": "covid", "1": "normal", "2": "pneumonia"}
+    assert rebuilt.preprocessing == saved.preprocessing and rebuilt.arguments == saved.arguments
+
+
+def test_slices_without_intensity_statistics_build_the_network_but_refuse_to_preprocess():
+    spec = slice_classification_spec({0: "a", 1: "b"}, depth=18)  # a plain state dict, --intensity not given
+    assert spec.build().fc.out_features == 2
+    with pytest.raises(ValueError, match=r'pass --intensity "\[mean, std\]"'):
+        slice_classification_preprocessing(**spec.preprocessing)
 
 
 def test_load_network_spec_takes_the_checkpoint_and_refuses_contradicting_settings(tmp_path):

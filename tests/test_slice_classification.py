@@ -302,8 +302,9 @@ def test_bundle_fine_tunes_a_pretrained_encoder_tests_and_explains(tmp_path):
     monai.bundle.run(config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")], ckpt_dir=str(models),
                      output_dir=str(tmp_path / "evaluated"), gradcam_images=0, **common)
     assert json.loads((tmp_path / "evaluated" / "test_metrics.json").read_text()) == pytest.approx(metrics)
+    # no setting, no training data: the network, its labels, input size and intensity statistics are the checkpoint's
     monai.bundle.run(config_file=str(CONFIGS / "inference.json"), input=str(data / "test"), ckpt_path=str(models / "model.pt"),
-                     output_dir=str(tmp_path / "predictions"), class_names=["covid", "normal"], **common)
+                     output_dir=str(tmp_path / "predictions"), logging_file=False)
     with open(tmp_path / "predictions" / "predictions.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert sorted(Path(r["image"]).name for r in rows) == names([{"image": p} for p in map(str, (data / "test").rglob("*.png"))])

@@ -10,7 +10,7 @@ from common.networks.classification import (
 from common.networks.convvit import ConvViT3D, ConvViTSegmentationNet, convvit_config
 from common.networks.hybrid import HybridEncoder, HybridSegmentationNet, hybrid_config
 from common.networks.mednext import MedNeXtEncoder
-from common.networks.resnet import ResNetEncoder, resnet_classifier
+from common.networks.resnet import ResNetEncoder, resnet_classifier, slice_classification_spec
 from common.networks.segmentation import (
     ENCODER_MODULES,
     PRETRAINED_ENCODER_RENAME,
@@ -49,5 +49,6 @@ __all__ = [
     "resnet_classifier",
     "segmentation_network",
     "segmentation_spec",
+    "slice_classification_spec",
     "vit_config",
 ]

@@ -9,10 +9,14 @@ names, so its state dict loads unchanged into :func:`resnet_classifier` (whose `
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from monai.networks.nets import ResNet
 from monai.networks.nets.resnet import get_inplanes
 from torch import nn
+
+from common.networks.spec import NetworkSpec
 
 # Blocks per stage of each depth (He et al., Table 1).
 RESNET_LAYERS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
@@ -81,3 +85,38 @@ class ResNetEncoder(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Global average of the coarsest map: ``(B, in_channels, *S)`` -> ``(B, feature_channels[-1])``."""
         return self(x)[-1].flatten(2).mean(dim=2)
+
+
+def slice_classification_spec(
+    channel_def: Mapping,
+    intensity: Sequence[float] | None = None,
+    depth: int = 50,
+    in_channels: int = 1,
+    image_size: int = 224,
+) -> NetworkSpec:
+    """The :class:`~common.networks.spec.NetworkSpec` of a 2D slice classifier (:func:`resnet_classifier`): what
+    ``ct_slice_classification`` saves with its weights and rebuilds for inference.
+
+    Args:
+        channel_def: output index -> class name (``metadata.json``'s ``channel_def``); one logit per class.
+        intensity: mean and std of the training slices (values in ``[0, 1]``), which inference normalises with;
+            ``None`` when unknown (weights without a spec: the network builds, the preprocessing refuses to).
+        depth, in_channels: :func:`resnet_classifier`.
+        image_size: side of the square input the slices are resized to.
+    """
+    labels = {str(index): name for index, name in channel_def.items()}
+    mean, std = (float(value) for value in intensity) if intensity is not None else (None, None)
+    return NetworkSpec(
+        factory="common.networks.slice_classification_spec",
+        arguments={
+            "channel_def": labels,
+            "intensity": None if intensity is None else [mean, std],
+            "depth": depth,
+            "in_channels": in_channels,
+            "image_size": image_size,
+        },
+        network=lambda: resnet_classifier(depth, 2, in_channels, len(labels)),
+        channel_def=labels,
+        in_channels=in_channels,
+        preprocessing={"image_size": image_size, "mean": mean, "std": std},
+    )

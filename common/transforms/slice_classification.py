@@ -21,13 +21,23 @@ from common.data.errors import DatalistError
 from common.transforms.slices import load_slice_transforms
 
 
-def slice_classification_preprocessing(image_size: int = 224, mean: float = 0.0, std: float = 1.0) -> Compose:
+def slice_classification_preprocessing(
+    image_size: int = 224, mean: float | None = 0.0, std: float | None = 1.0
+) -> Compose:
     """The deterministic pipeline of validation, test and inference: a slice file -> ``(1, image_size, image_size)``.
 
     Args:
         image_size: side of the square network input.
-        mean, std: intensity statistics of the training images (values in ``[0, 1]``).
+        mean, std: intensity statistics of the training images (values in ``[0, 1]``); ``None`` when unknown.
+
+    Raises:
+        ValueError: ``mean`` or ``std`` is unknown (weights saved without their network spec).
     """
+    if mean is None or std is None:
+        raise ValueError(
+            'the intensity statistics of the training slices are unknown (the weights carry no network spec): pass'
+            ' --intensity "[mean, std]"'
+        )
     return Compose(
         [
             *load_slice_transforms(["image"]),
