@@ -107,6 +107,21 @@ def test_false_on_the_command_line_turns_amp_and_resume_off(tmp_path):
 
 
 @pytest.mark.slow
+def test_tracking_gives_one_run_whichever_way_it_is_asked_for_and_turns_off(tmp_path):
+    """MONAI's ``--tracking mlflow`` appends its own MLflow handler: the run is still the bundle's one run, each loss
+    logged once per step (MONAI's handler would add ``train_loss``); ``--experiment_tracking false`` logs nothing."""
+    paths = {"ckpt_dir": tmp_path / "models", "output_dir": tmp_path / "eval"}
+    run_bundle(TRAIN, tracking="mlflow", **paths)
+    (run,) = _mlflow_runs(paths["output_dir"])
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{paths['output_dir'] / 'mlruns.db'}")
+    assert "train_loss" not in run.data.metrics and "roi_size" in run.data.params
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    assert client.get_experiment_by_name("monai_experiment") is None
+    run_bundle(TRAIN, experiment_tracking="false", **paths)
+    assert len(_mlflow_runs(paths["output_dir"])) == 1
+
+
+@pytest.mark.slow
 def test_a_bad_boolean_fails_naming_the_setting_on_the_last_line(tmp_path):
     """In a process of its own, as a user starts it: the interpreter itself calls the installed excepthook."""
     result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", TRAIN, "--amp", "nope",

@@ -16,7 +16,7 @@ from common.networks.spec import SPEC_KEY
 from tools import package as tools_package
 from tools.check_artifact import check_artifact, pinned_requirements
 from tools.monailabel_check import check_monailabel
-from tools.package import WEIGHTS_SETTINGS, package
+from tools.package import package
 from tools.releases import fingerprint, read_releases, release_problems
 from tools.verify import check_metadata
 
@@ -64,8 +64,8 @@ def bundle(tmp_path):
 
 @pytest.fixture
 def weights(bundle, tmp_path):
-    """Weights that fit the bundle's network under the default settings of an artifact with weights."""
-    return network_weights(bundle, tmp_path / "weights.pt", WEIGHTS_SETTINGS)
+    """Weights as the bundle's training saves them, with their network spec."""
+    return network_weights(bundle, tmp_path / "weights.pt", {})
 
 
 def test_artifact_layout_and_model_info(bundle, weights, tmp_path):
@@ -85,9 +85,8 @@ def test_artifact_layout_and_model_info(bundle, weights, tmp_path):
     with zipfile.ZipFile(artifact) as archive:
         assert archive.read(prefix + "models/model.pt") == weights.read_bytes()
         assert archive.read(prefix + "docs/README.md") == (bundle / "docs" / "README.md").read_bytes()
-        for config in ("train.json", "inference.json"):  # frozen to the papers' sizes, else unchanged
-            expected_config = {**json.loads((bundle / "configs" / config).read_text()), "cpu_demo_scale": False}
-            assert json.loads(archive.read(prefix + "configs/" + config)) == expected_config
+        for config in ("train.json", "inference.json"):  # the weights carry their network: nothing to freeze
+            assert archive.read(prefix + "configs/" + config) == (bundle / "configs" / config).read_bytes()
 
     info = json.loads((tmp_path / "dist" / "model_info.json").read_text())
     entry = info[f"ct_slice_classification_v{version}"]

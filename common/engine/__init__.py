@@ -24,7 +24,7 @@ from common.engine.schedules import (
 )
 from common.engine.progress import TrainingProgress
 from common.engine.snapshots import ReconstructionSnapshots
-from common.engine.tracking import RunParameters, tracking_uri
+from common.engine.tracking import RunParameters, keep_one_mlflow_handler, tracking_uri
 from common.engine.trainer import OptimizerEvents, SelfSupervisedTrainer, logged_scalars
 from common.engine.trainer_state import TrainerState
 from common.engine.validation import PeriodicValidation
@@ -49,6 +49,7 @@ __all__ = [
     "batch_files",
     "exit_if_interrupted",
     "export_embeddings",
+    "keep_one_mlflow_handler",
     "latest_checkpoint",
     "logged_scalars",
     "lr_schedule",

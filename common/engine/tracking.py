@@ -1,27 +1,54 @@
-"""Experiment tracking: MLflow with a sqlite store inside the bundle unless the user names one, and the run's
-parameters read from its resolved config."""
+"""Experiment tracking: the MLflow store a bundle logs to, one run whichever way tracking is asked for, and the
+run's parameters read from its resolved config."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ignite.engine import Engine, Events
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from monai.bundle.utils import ID_SEP_KEY
+from monai.handlers import MLFlowHandler
 from monai.utils import path_to_sqlite_uri
 
 
 def tracking_uri(output_dir: str | Path) -> str:
-    """``$MLFLOW_TRACKING_URI`` when set, else a sqlite store at ``<output_dir>/mlruns.db``.
-
-    MONAI 1.6 rejects a plain folder as tracking URI (MLflow's file store is deprecated), hence sqlite.
-    """
+    """The store a bundle with ``output_dir`` logs to, as its :class:`~monai.handlers.MLFlowHandler` resolves it
+    (for tools that read the runs back): ``$MLFLOW_TRACKING_URI`` when set, else MONAI's default, a sqlite store at
+    ``<output_dir>/mlruns.db`` (MONAI 1.6 rejects a plain folder, MLflow's deprecated file store)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     return path_to_sqlite_uri(str(Path(output_dir) / "mlruns.db"))
+
+
+def keep_one_mlflow_handler(engine: Engine, handlers: Sequence, keep: MLFlowHandler | None) -> None:
+    """Detach from ``engine`` every :class:`~monai.handlers.MLFlowHandler` of ``handlers`` but the bundle's ``keep``.
+
+    ``python -m monai.bundle run ... --tracking mlflow`` (MONAI's convention) appends MONAI's default handler to
+    ``train#handlers`` and ``validate#handlers``. It logs to the same store, experiment and run as the bundle's own
+    (``tracking_uri``, ``experiment_name``, ``run_name``), so every metric would be logged twice; the bundle's handler
+    logs more (every loss term, the run's parameters, learning rates, artifacts) and stays. With the bundle's turned
+    off (``keep`` None: ``--experiment_tracking false``) an explicit ``--tracking mlflow`` keeps MONAI's.
+    """
+    if keep is None:
+        return
+    for handler in handlers:
+        if not isinstance(handler, MLFlowHandler) or handler is keep:
+            continue
+        methods = (
+            (Events.STARTED, handler.start),
+            (Events.ITERATION_COMPLETED, handler.iteration_completed),
+            (Events.EPOCH_COMPLETED, handler.epoch_completed),
+            (Events.COMPLETED, handler.complete),
+            (Events.COMPLETED, handler.close),
+        )
+        for event, method in methods:
+            if engine.has_event_handler(method, event):
+                engine.remove_event_handler(method, event)
 
 
 # Settings of one invocation rather than of the run: a resumed run (logged into the same MLflow run, which refuses
