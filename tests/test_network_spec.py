@@ -14,6 +14,7 @@ from common.networks import (
     classification_spec,
     convvit_config,
     load_network_spec,
+    saved_network_spec,
     segmentation_spec,
     slice_classification_spec,
 )
@@ -24,6 +25,8 @@ from module_runner import run_bundle, run_module
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "btcv_segmentation"
 INFERENCE = str(BUNDLE / "configs" / "inference.json")
+TRAIN = str(BUNDLE / "configs" / "train.json")
+EVALUATE = str(BUNDLE / "configs" / "evaluate.json")
 LABELS = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"][
     "channel_def"
 ]
@@ -95,6 +98,16 @@ def test_a_plain_state_dict_loads_through_explicit_settings(tmp_path):
     assert loaded.arguments == spec.arguments
 
 
+def test_evaluation_takes_the_saved_network_on_data_with_its_labels(tmp_path):
+    save_checkpoint(tmp_path / "model.pt", **TINY)
+    assert saved_network_spec(tmp_path / "model.pt", LABELS).arguments["feature_size"] == 12
+    with pytest.raises(SpecMismatchError, match="the data's labels .* are not the network's"):
+        saved_network_spec(tmp_path / "model.pt", {0: "background", 1: "spleen"})
+    torch.save(torch.load(tmp_path / "model.pt", weights_only=True)["model"], tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="carries no network_spec"):
+        saved_network_spec(tmp_path / "plain.pt")
+
+
 def test_a_resumed_run_with_other_settings_fails_naming_both_values():
     saved = segmentation_spec(LABELS, **TINY).state_dict()
     current = segmentation_spec(LABELS, **{**TINY, "feature_size": 24})
@@ -121,3 +134,13 @@ def test_paper_size_weights_infer_on_the_cpu_through_plain_inference_json(tmp_pa
         assert result.returncode != 0
         last_line = result.stderr.strip().splitlines()[-1]
         assert "--lora_rank 0 (the checkpoint has 4)" in last_line
+
+
+@pytest.mark.slow
+def test_evaluate_json_takes_the_network_and_spacing_of_the_checkpoint(tmp_path):
+    """train.json's defaults are Swin UNETR at 1.5 mm; the checkpoint is a MedNeXt at 4 mm on 32^3 windows."""
+    (tmp_path / "models").mkdir()
+    save_checkpoint(tmp_path / "models" / "model.pt", arch="mednext", roi_size=(32, 32, 32), pixdim=(4.0, 4.0, 4.0))
+    run_bundle([TRAIN, EVALUATE], ckpt_dir=tmp_path / "models", output_dir=tmp_path / "eval", num_workers=0)
+    rows = (tmp_path / "eval" / "metrics" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2  # a header and the two validation phantoms

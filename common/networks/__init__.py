@@ -20,7 +20,7 @@ from common.networks.segmentation import (
     segmentation_network,
     segmentation_spec,
 )
-from common.networks.spec import NetworkSpec, SpecMismatchError, load_network_spec
+from common.networks.spec import NetworkSpec, SpecMismatchError, load_network_spec, saved_network_spec
 from common.networks.vit import MaskedViT, vit_config
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "hybrid_config",
     "load_network_spec",
     "resnet_classifier",
+    "saved_network_spec",
     "segmentation_network",
     "segmentation_spec",
     "slice_classification_spec",

@@ -114,6 +114,29 @@ def saved_spec_state(path: str | Path) -> Mapping[str, Any] | None:
     return checkpoint.get(SPEC_KEY) if isinstance(checkpoint, Mapping) else None
 
 
+def saved_network_spec(path: str | Path, channel_def: Mapping | None = None) -> NetworkSpec:
+    """The spec saved in the checkpoint at ``path``: evaluation rebuilds the trained network and its preprocessing.
+
+    Args:
+        path: the checkpoint.
+        channel_def: the labels of the data it is evaluated on, which must be the network's.
+
+    Raises:
+        ValueError: ``path`` carries no spec (a plain state dict).
+        SpecMismatchError: the data's labels are not the network's.
+    """
+    state = saved_spec_state(path)
+    if state is None:
+        raise ValueError(
+            f"{path} carries no network_spec (a plain state dict): evaluation takes the network, its labels and its"
+            " preprocessing from the checkpoint, so evaluate weights that this bundle's training saved"
+        )
+    spec = spec_from_state(state, str(path))
+    if channel_def is not None and _plain(channel_def) != spec.channel_def:
+        raise SpecMismatchError(f"the data's labels {_plain(channel_def)} are not the network's {spec.channel_def} ({path})")
+    return spec
+
+
 def load_network_spec(
     path: str | Path, factory: str, requested: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
 ) -> NetworkSpec:
