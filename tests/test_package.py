@@ -85,8 +85,12 @@ def test_artifact_layout_and_model_info(bundle, weights, tmp_path):
     with zipfile.ZipFile(artifact) as archive:
         assert archive.read(prefix + "models/model.pt") == weights.read_bytes()
         assert archive.read(prefix + "docs/README.md") == (bundle / "docs" / "README.md").read_bytes()
-        for config in ("train.json", "inference.json"):  # the weights carry their network: nothing to freeze
-            assert archive.read(prefix + "configs/" + config) == (bundle / "configs" / config).read_bytes()
+        # the weights carry their network: inference.json reads it from them, train.json trains it further
+        assert archive.read(prefix + "configs/inference.json") == (bundle / "configs" / "inference.json").read_bytes()
+        train = json.loads(archive.read(prefix + "configs/train.json"))
+        saved = torch.load(weights, weights_only=True)["network_spec"]
+        assert train["network_spec"] == json.loads(json.dumps({"_target_": saved["factory"], **saved["arguments"]}))
+        assert train["intensity"] == saved["arguments"]["intensity"]
 
     info = json.loads((tmp_path / "dist" / "model_info.json").read_text())
     entry = info[f"ct_slice_classification_v{version}"]
@@ -174,8 +178,9 @@ def test_settings_go_into_every_config_that_defines_them(tmp_path):
 
 
 def test_weights_carrying_their_network_need_no_settings_and_describe_the_artifact(tmp_path):
-    """A fine-tuned checkpoint (here CPU demo sizes, ``arch`` mim) packages as it is: nothing is written into the
-    configs, and the metadata gets the checkpoint's input channels and labels."""
+    """A fine-tuned checkpoint (here CPU demo sizes, ``arch`` mim) packages with no setting: inference.json is left as
+    it is, train.json trains that network further (MONAI Label's trainer starts from it), the metadata gets its
+    input channels and labels; a setting that contradicts it is refused."""
     bundle = copy_bundle("btcv_segmentation", tmp_path / "src")
     weights = network_weights(bundle, tmp_path / "demo.pt", {"cpu_demo_scale": True, "arch": "mim"})
     artifact = package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json")
@@ -183,6 +188,12 @@ def test_weights_carrying_their_network_need_no_settings_and_describe_the_artifa
         inference = json.loads(archive.read("btcv_segmentation/configs/inference.json"))
         metadata = json.loads(archive.read("btcv_segmentation/configs/metadata.json"))
     assert inference == json.loads((bundle / "configs" / "inference.json").read_text())
+    with zipfile.ZipFile(artifact) as archive:
+        train = json.loads(archive.read("btcv_segmentation/configs/train.json"))
+    assert train["arch"] == "mim" and train["network_spec"]["convvit_config"]["widths"] == [16, 32, 64, 96]
+    with pytest.raises(ValueError, match=r"--settings contradict .*arch: --settings 'unetr', weights 'mim'"):
+        package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist2"), releases=tmp_path / "r2.json",
+                settings={"arch": "unetr"})
     labels = torch.load(weights, weights_only=True)[SPEC_KEY]["arguments"]["channel_def"]
     assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"] == labels
     assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == 14

@@ -29,8 +29,9 @@ overwritten (bump the version instead).
 Weights and settings. A downstream bundle's checkpoint carries its network (``network_spec``,
 :mod:`common.networks.spec`): the weights must load strictly into the network it describes, and its input channels
 and output labels go into the artifact's ``metadata.json`` (``network_data_format``), so ``verify_net_in_out`` and
-MONAI Label see what the weights really are; no setting is needed, inference rebuilds the network from the checkpoint
-on any machine. ``--settings`` (a dict of top-level config ids) writes values into every config of the artifact that
+MONAI Label see what the weights really are; ``train.json`` is set to train that network (its ``network_spec`` and the
+top-level ids among the spec's arguments), so MONAI Label's bundle trainer can continue from the shipped weights on
+any machine. No setting is needed: inference rebuilds the network from the checkpoint. ``--settings`` (a dict of top-level config ids) writes values into every config of the artifact that
 defines them, e.g. the ``pixdim`` of a MONAI Label app. Weights without a spec (a pre-training bundle's method, a
 plain state dict) only fit the configs under the settings they were trained with: for them ``--settings`` defaults to
 ``{"cpu_demo_scale": false}`` (the papers' network sizes, whatever machine later runs the artifact), and the weights
@@ -169,6 +170,27 @@ def metadata_with(bundle: Path, spec: NetworkSpec) -> dict[str, bytes]:
     return {"configs/metadata.json": (json.dumps(metadata, indent=4) + "\n").encode()}
 
 
+def train_config_with_spec(bundle: Path, spec: NetworkSpec, configs: Mapping[str, bytes]) -> dict[str, bytes]:
+    """``configs/train.json`` (as ``configs`` already changed it, else the bundle's) training the network ``spec``
+    describes on any machine: its ``network_spec`` is the spec's factory called with the saved arguments, and every
+    argument that is also a top-level id (``arch``, ``roi_size``, ``pixdim`` ...) takes the saved value. So MONAI
+    Label's bundle trainer, which starts from the shipped ``models/model.pt``, trains that network further.
+
+    Raises:
+        ValueError: ``configs`` (the ``--settings``) already set one of those ids to another value.
+    """
+    name = "configs/train.json"
+    config = json.loads(configs[name]) if name in configs else read_json(bundle / name)
+    original = read_json(bundle / name)
+    saved = {key: value for key, value in spec.arguments.items() if key in config}
+    contradictions = [f"{key}: --settings {config[key]!r}, weights {value!r}" for key, value in saved.items()
+                      if config[key] != original[key] and config[key] != value]
+    if contradictions:
+        raise ValueError("--settings contradict the network the weights carry: " + "; ".join(contradictions))
+    config.update({**saved, "network_spec": {"_target_": spec.factory, **spec.arguments}})
+    return {name: (json.dumps(config, indent=4) + "\n").encode()}
+
+
 def weights_problem(bundle: Path, weights: Path, settings: Mapping) -> str | None:
     """Why ``weights`` (without a network spec) do not load strictly into the network that ``configs/train.json``
     trains under ``settings`` (its ``network_def``, or ``method`` for a pre-training bundle); None when they do."""
@@ -239,7 +261,7 @@ def package(
     configs = configs_with(bundle_dir, settings)
     if spec is not None:
         problem = spec_problem(weights_path, spec)
-        configs.update(metadata_with(bundle_dir, spec))
+        configs.update({**metadata_with(bundle_dir, spec), **train_config_with_spec(bundle_dir, spec, configs)})
     else:
         problem = weights_problem(bundle_dir, weights_path, settings) if plain_weights else None
     if problem:
