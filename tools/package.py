@@ -108,8 +108,9 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_weights(weights: Path) -> None:
-    """``weights`` is a checkpoint of tensors that loads without unpickling code (what MONAI Label loads).
+def load_weights(weights: Path) -> dict:
+    """The checkpoint ``weights``, checked to be one of tensors that loads without unpickling code (what MONAI
+    Label loads); read once, then handed to the checks below.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -123,6 +124,7 @@ def check_weights(weights: Path) -> None:
         raise ValueError(f"--weights {weights} does not load as a checkpoint of tensors: {e}") from e
     if not isinstance(checkpoint, dict) or not extract_state_dict(checkpoint):
         raise ValueError(f"--weights {weights} holds no state dict (at the top level or under {STATE_DICT_KEYS})")
+    return checkpoint
 
 
 def configs_with(bundle: Path, settings: Mapping) -> dict[str, bytes]:
@@ -145,17 +147,16 @@ def configs_with(bundle: Path, settings: Mapping) -> dict[str, bytes]:
     return changed
 
 
-def saved_spec(weights: Path) -> NetworkSpec | None:
-    """The network ``weights`` carry (:data:`~common.networks.spec.SPEC_KEY`); None for a plain state dict."""
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+def saved_spec(checkpoint: Mapping, weights: Path) -> NetworkSpec | None:
+    """The network the checkpoint ``weights`` carries (:data:`~common.networks.spec.SPEC_KEY`); None for a plain
+    state dict."""
     return spec_from_state(checkpoint[SPEC_KEY], str(weights)) if SPEC_KEY in checkpoint else None
 
 
-def spec_problem(weights: Path, spec: NetworkSpec) -> str | None:
-    """Why ``weights`` do not load strictly into the network they carry; None when they do."""
-    state = extract_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+def spec_problem(checkpoint: Mapping, weights: Path, spec: NetworkSpec) -> str | None:
+    """Why the checkpoint ``weights`` does not load strictly into the network it carries; None when it does."""
     try:
-        spec.build().load_state_dict(state)
+        spec.build().load_state_dict(extract_state_dict(checkpoint))
     except RuntimeError as e:
         return f"--weights {weights} do not fit the network they carry ({spec.arguments}): {e}"
     return None
@@ -191,17 +192,16 @@ def train_config_with_spec(bundle: Path, spec: NetworkSpec, configs: Mapping[str
     return {name: (json.dumps(config, indent=4) + "\n").encode()}
 
 
-def weights_problem(bundle: Path, weights: Path, settings: Mapping) -> str | None:
-    """Why ``weights`` (without a network spec) do not load strictly into the network that ``configs/train.json``
+def weights_problem(bundle: Path, checkpoint: Mapping, weights: Path, settings: Mapping) -> str | None:
+    """Why the checkpoint ``weights`` (without a network spec) does not load strictly into the network that ``configs/train.json``
     trains under ``settings`` (its ``network_def``, or ``method`` for a pre-training bundle); None when they do."""
     parser = ConfigParser()
     parser.read_meta(str(bundle / "configs" / "metadata.json"))
     parser.read_config(str(bundle / "configs" / "train.json"))
     parser.update({"bundle_root": str(bundle), **settings})
     network = parser.get_parsed_content("network_def" if "network_def" in parser else "method")
-    state = extract_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     try:
-        network.load_state_dict(state)
+        network.load_state_dict(extract_state_dict(checkpoint))
     except RuntimeError as e:
         return f"--weights {weights} do not fit the network of train.json with settings {dict(settings)}: {e}"
     return None
@@ -253,17 +253,16 @@ def package(
     if problems:
         raise ValueError(f"cannot package {bundle_dir}: " + "; ".join(problems))
     weights_path = Path(weights).resolve() if weights else None
-    if weights_path is not None:
-        check_weights(weights_path)
-    spec = saved_spec(weights_path) if weights_path is not None else None
-    plain_weights = weights_path is not None and spec is None
+    checkpoint = load_weights(weights_path) if weights_path is not None else None
+    spec = saved_spec(checkpoint, weights_path) if checkpoint is not None else None
+    plain_weights = checkpoint is not None and spec is None
     settings = dict(WEIGHTS_SETTINGS if plain_weights and settings is None else settings or {})
     configs = configs_with(bundle_dir, settings)
     if spec is not None:
-        problem = spec_problem(weights_path, spec)
+        problem = spec_problem(checkpoint, weights_path, spec)
         configs.update({**metadata_with(bundle_dir, spec), **train_config_with_spec(bundle_dir, spec, configs)})
     else:
-        problem = weights_problem(bundle_dir, weights_path, settings) if plain_weights else None
+        problem = weights_problem(bundle_dir, checkpoint, weights_path, settings) if plain_weights else None
     if problem:
         raise ValueError(problem)
     version = read_json(bundle_dir / "configs" / "metadata.json")["version"]

@@ -17,6 +17,7 @@ checkpoint is an error naming both values.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,10 +108,14 @@ def spec_from_state(state: Mapping[str, Any], source: str) -> NetworkSpec:
 
 
 def saved_spec_state(path: str | Path) -> Mapping[str, Any] | None:
-    """The :data:`SPEC_KEY` entry of the checkpoint at ``path``; None for a plain state dict or a missing file."""
+    """The :data:`SPEC_KEY` entry of the checkpoint at ``path``; None for a plain state dict or a missing file.
+
+    A checkpoint in torch's zip format (every one ``torch.save`` has written since torch 1.6) is memory-mapped: the
+    spec is read without reading the weights, which the checkpoint loader reads afterwards (hundreds of MB at the
+    papers' sizes)."""
     if not Path(path).is_file():
         return None
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     return checkpoint.get(SPEC_KEY) if isinstance(checkpoint, Mapping) else None
 
 
