@@ -238,7 +238,5 @@ def classification_spec(
         arguments=arguments,
         network=lambda: classification_network(arch, in_channels, len(labels), roi_size, encoder, dropout=dropout),
         adapters=lambda network: add_lora(network, lora_rank, target="encoder"),
-        channel_def=labels,
-        in_channels=in_channels,
         preprocessing={"roi_size": list(roi_size), "pixdim": list(pixdim)},
     )

@@ -116,7 +116,5 @@ def slice_classification_spec(
             "image_size": image_size,
         },
         network=lambda: resnet_classifier(depth, 2, in_channels, len(labels)),
-        channel_def=labels,
-        in_channels=in_channels,
         preprocessing={"image_size": image_size, "mean": mean, "std": std},
     )

@@ -180,7 +180,5 @@ def segmentation_spec(
         arguments=arguments,
         network=lambda: segmentation_network(**network_settings),
         adapters=lambda network: adapt_encoder(network, arch, lora_rank),
-        channel_def=labels,
-        in_channels=in_channels,
         preprocessing={"pixdim": list(pixdim)},
     )

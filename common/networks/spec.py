@@ -41,11 +41,10 @@ class NetworkSpec:
 
     Args:
         factory: dotted name of the function that made this spec from ``arguments``.
-        arguments: the factory's keyword arguments, plain values (what a checkpoint saves).
+        arguments: the factory's keyword arguments, plain values (what a checkpoint saves); among them
+            ``channel_def`` (output channel index as a string -> label, as ``metadata.json``'s) and ``in_channels``.
         network: builds the network without adapters (pre-trained weights load into it).
         adapters: adds the adapters (LoRA) the saved network has; identity without.
-        channel_def: output channel index (as a string) -> label, as ``metadata.json``'s ``channel_def``.
-        in_channels: image channels the network reads.
         preprocessing: the settings the inference transforms apply (e.g. ``pixdim``).
     """
 
@@ -53,9 +52,17 @@ class NetworkSpec:
     arguments: dict[str, Any]
     network: Callable[[], nn.Module]
     adapters: Callable[[nn.Module], nn.Module] = lambda network: network
-    channel_def: dict[str, str] = field(default_factory=dict)
-    in_channels: int = 1
     preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def channel_def(self) -> dict[str, str]:
+        """Output channel index (as a string) -> label."""
+        return self.arguments["channel_def"]
+
+    @property
+    def in_channels(self) -> int:
+        """Image channels the network reads."""
+        return self.arguments["in_channels"]
 
     def build(self) -> nn.Module:
         """The network as saved: built, then adapted."""
@@ -71,14 +78,12 @@ class NetworkSpec:
         Raises:
             SpecMismatchError: an argument differs, naming both values.
         """
-        saved = spec_from_state(state, "the checkpoint")
+        _check_format(state, "the checkpoint")
+        mine = {"factory": self.factory, **self.arguments}
         differences = [
-            f"{key} {_plain(self.arguments.get(key))!r} here, {_plain(value)!r} in the checkpoint"
-            for key, value in saved.arguments.items()
-            if _plain(self.arguments.get(key)) != _plain(value)
+            f"{key} {here!r} here, {saved!r} in the checkpoint"
+            for key, here, saved in _differences(mine, {"factory": state["factory"], **state["arguments"]})
         ]
-        if saved.factory != self.factory:
-            differences.insert(0, f"factory {self.factory} here, {saved.factory} in the checkpoint")
         if differences:
             raise SpecMismatchError(
                 f"the settings contradict the network the checkpoint was saved with: {'; '.join(differences)}"
@@ -98,13 +103,18 @@ def spec_from_state(state: Mapping[str, Any], source: str) -> NetworkSpec:
     Raises:
         ValueError: an unknown format or a factory that is not a function of ``common``.
     """
+    _check_format(state, source)
+    return locate(state["factory"])(**state["arguments"])
+
+
+def _check_format(state: Mapping[str, Any], source: str) -> None:
+    """``state`` is a :data:`SPEC_KEY` entry this code reads, naming a factory of ``common``."""
     if state.get("format") != FORMAT_VERSION:
         raise ValueError(
             f"{source} holds network_spec format {state.get('format')!r}; this code reads {FORMAT_VERSION}"
         )
     if not str(state.get("factory", "")).startswith("common."):
         raise ValueError(f"{source} names network factory {state.get('factory')!r}, not one of common.networks")
-    return locate(state["factory"])(**state["arguments"])
 
 
 def saved_spec_state(path: str | Path) -> Mapping[str, Any] | None:
@@ -164,9 +174,7 @@ def load_network_spec(
         return locate(factory)(**{**(defaults or {}), **given})
     spec = spec_from_state(state, str(path))
     contradictions = [
-        f"--{key} {_plain(value)!r} (the checkpoint has {_plain(spec.arguments.get(key))!r})"
-        for key, value in given.items()
-        if _plain(value) != _plain(spec.arguments.get(key))
+        f"--{key} {value!r} (the checkpoint has {saved!r})" for key, value, saved in _differences(given, spec.arguments)
     ]
     if contradictions:
         raise SpecMismatchError(
@@ -174,6 +182,13 @@ def load_network_spec(
             " checkpoint's (it rebuilds its own network on any machine)"
         )
     return spec
+
+
+def _differences(given: Mapping[str, Any], saved: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, given value, saved value)`` of each key of ``given`` whose value is not the saved one, both as
+    :func:`_plain` values."""
+    pairs = ((key, _plain(value), _plain(saved.get(key))) for key, value in given.items())
+    return [(key, value, saved_value) for key, value, saved_value in pairs if value != saved_value]
 
 
 def _plain(value: Any) -> Any:
