@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,8 @@ class RunParameters(Mapping[str, Any]):
     setting as :func:`common.cli.flag` reads it, under the setting's own name; and ``derived``, values the config
     does not hold as such (the data set's size, a method's label).
 
-    The mapping is read when it is iterated: :class:`monai.handlers.MLFlowHandler` logs it when the run
-    starts, once the trainer and everything it uses are resolved.
+    The parameters are collected the first time the mapping is read: :class:`monai.handlers.MLFlowHandler` reads
+    it when the run starts, once the trainer and everything it uses are resolved.
 
     Args:
         resolved: the config ids resolved so far, by id. In a bundle config that is ``__local_refs``, the map
@@ -79,6 +80,7 @@ class RunParameters(Mapping[str, Any]):
         self.resolved = resolved
         self.derived = dict(derived or {})
 
+    @cached_property
     def _parameters(self) -> dict[str, Any]:
         top_level = {key: value for key, value in self.resolved.items() if ID_SEP_KEY not in key}
         top_level.update(top_level.pop("flags", None) or {})
@@ -89,13 +91,13 @@ class RunParameters(Mapping[str, Any]):
         return {**parameters, **self.derived}
 
     def __getitem__(self, key: str) -> Any:
-        return self._parameters()[key]
+        return self._parameters[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._parameters())
+        return iter(self._parameters)
 
     def __len__(self) -> int:
-        return len(self._parameters())
+        return len(self._parameters)
 
 
 def _is_plain(value: Any) -> bool:
