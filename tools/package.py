@@ -51,6 +51,7 @@ from pathlib import Path
 import fire
 import torch
 from monai.bundle import ConfigParser
+from torch import nn
 
 from common.networks.spec import SPEC_KEY, NetworkSpec, spec_from_state
 from common.transfer import STATE_DICT_KEYS, extract_state_dict
@@ -153,12 +154,13 @@ def saved_spec(checkpoint: Mapping, weights: Path) -> NetworkSpec | None:
     return spec_from_state(checkpoint[SPEC_KEY], str(weights)) if SPEC_KEY in checkpoint else None
 
 
-def spec_problem(checkpoint: Mapping, weights: Path, spec: NetworkSpec) -> str | None:
-    """Why the checkpoint ``weights`` does not load strictly into the network it carries; None when it does."""
+def fit_problem(network: nn.Module, checkpoint: Mapping, weights: Path, what: str) -> str | None:
+    """Why the checkpoint ``weights`` does not load strictly into ``network`` (described as ``what``); None when
+    it does."""
     try:
-        spec.build().load_state_dict(extract_state_dict(checkpoint))
+        network.load_state_dict(extract_state_dict(checkpoint))
     except RuntimeError as e:
-        return f"--weights {weights} do not fit the network they carry ({spec.arguments}): {e}"
+        return f"--weights {weights} do not fit {what}: {e}"
     return None
 
 
@@ -192,19 +194,14 @@ def train_config_with_spec(bundle: Path, spec: NetworkSpec, configs: Mapping[str
     return {name: (json.dumps(config, indent=4) + "\n").encode()}
 
 
-def weights_problem(bundle: Path, checkpoint: Mapping, weights: Path, settings: Mapping) -> str | None:
-    """Why the checkpoint ``weights`` (without a network spec) does not load strictly into the network that ``configs/train.json``
-    trains under ``settings`` (its ``network_def``, or ``method`` for a pre-training bundle); None when they do."""
+def train_json_network(bundle: Path, settings: Mapping) -> nn.Module:
+    """The network that ``configs/train.json`` trains under ``settings``: its ``network_def``, or ``method`` for a
+    pre-training bundle."""
     parser = ConfigParser()
     parser.read_meta(str(bundle / "configs" / "metadata.json"))
     parser.read_config(str(bundle / "configs" / "train.json"))
     parser.update({"bundle_root": str(bundle), **settings})
-    network = parser.get_parsed_content("network_def" if "network_def" in parser else "method")
-    try:
-        network.load_state_dict(extract_state_dict(checkpoint))
-    except RuntimeError as e:
-        return f"--weights {weights} do not fit the network of train.json with settings {dict(settings)}: {e}"
-    return None
+    return parser.get_parsed_content("network_def" if "network_def" in parser else "method")
 
 
 def bundle_problems(bundle: Path, releases: Path | None = None) -> list[str]:
@@ -259,10 +256,13 @@ def package(
     settings = dict(WEIGHTS_SETTINGS if plain_weights and settings is None else settings or {})
     configs = configs_with(bundle_dir, settings)
     if spec is not None:
-        problem = spec_problem(checkpoint, weights_path, spec)
+        problem = fit_problem(spec.build(), checkpoint, weights_path, f"the network they carry ({spec.arguments})")
         configs.update({**metadata_with(bundle_dir, spec), **train_config_with_spec(bundle_dir, spec, configs)})
+    elif plain_weights:
+        network = train_json_network(bundle_dir, settings)
+        problem = fit_problem(network, checkpoint, weights_path, f"the network of train.json with settings {settings}")
     else:
-        problem = weights_problem(bundle_dir, checkpoint, weights_path, settings) if plain_weights else None
+        problem = None
     if problem:
         raise ValueError(problem)
     version = read_json(bundle_dir / "configs" / "metadata.json")["version"]
