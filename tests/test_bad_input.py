@@ -316,6 +316,29 @@ def test_distributed_screening_reads_each_entry_once_and_every_rank_keeps_the_sa
         assert len(list(csv.reader(file))) == 1 + 3
 
 
+def _fail_on_rank_1(rank: int, world: int, folder: str) -> None:
+    """One process of a gloo group whose rank 1 meets an error that is no bad input; each saves what it raised."""
+    dist.init_process_group("gloo", init_method=f"file://{folder}/group", rank=rank, world_size=world)
+
+    def load(entry: dict) -> dict:
+        if entry["image"] == "disk_gone.nii.gz":
+            raise OSError("input/output error")
+        return entry
+
+    try:
+        screen_datalist([{"image": "a.nii.gz"}, {"image": "disk_gone.nii.gz"}], load, True)
+    except Exception as error:
+        torch.save(f"{type(error).__name__}: {error}", f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_distributed_screening_raises_another_error_on_every_rank_instead_of_hanging(tmp_path):
+    torch.multiprocessing.spawn(_fail_on_rank_1, args=(2, str(tmp_path)), nprocs=2, join=True)
+    raised = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    assert raised == ["RuntimeError: checking inputs failed in process 1: OSError: input/output error",
+                      "OSError: input/output error"]
+
+
 def test_default_policy_raises_and_screening_reads_nothing(tmp_path):
     datalist, _ = _mixed_datalist(tmp_path)
 

@@ -30,7 +30,8 @@ def screen_datalist(
     :data:`PROGRESS_MIN_ENTRIES` entries or more); an entry whose loading raises a
     :class:`~common.data.errors.BadInputError` (a corrupt file, a failed content check; also when ``Compose`` has
     wrapped it in another exception) is reported through ``policy.handle`` and left out. Any other error
-    propagates. Without ``policy.skip``, nothing is read.
+    propagates (under ``torch.distributed`` on every process, after they have all checked their share, so no
+    process is left waiting for the others). Without ``policy.skip``, nothing is read.
 
     Under ``torch.distributed`` each of the ``W`` processes reads every ``W``-th entry and the bad ones are gathered,
     so the data set is read once in all, not once per process, and every process returns the same entries; each
@@ -59,19 +60,27 @@ def screen_datalist(
         return list(datalist)
     rank, world = _rank_and_world()
     shard = range(rank, len(datalist), world)
-    bad = {}
+    bad, failure = {}, None
     for index in tqdm(shard, desc="checking inputs", unit="entry", disable=len(shard) < PROGRESS_MIN_ENTRIES):
         try:
             load(datalist[index])
         except Exception as error:  # a bad input may come wrapped, e.g. in Compose's RuntimeError
             cause = bad_input_cause(error)
-            if cause is None:
+            if cause is None and world == 1:
                 raise
+            if cause is None:  # raised below, once every process has reached the gather (none is left waiting)
+                failure = error
+                break
             bad[index] = (type(cause), cause.path, cause.reason)  # picklable, unlike the error itself
     if world > 1:
-        gathered: list[dict] = [{} for _ in range(world)]
-        dist.all_gather_object(gathered, bad)
-        bad = {index: found for part in gathered for index, found in part.items()}
+        gathered: list[tuple] = [() for _ in range(world)]
+        dist.all_gather_object(gathered, (bad, None if failure is None else f"{type(failure).__name__}: {failure}"))
+        if failure is not None:
+            raise failure
+        failed = [(other, message) for other, (_, message) in enumerate(gathered) if message is not None]
+        if failed:
+            raise RuntimeError(f"checking inputs failed in process {failed[0][0]}: {failed[0][1]}")
+        bad = {index: found for part, _ in gathered for index, found in part.items()}
     for index in sorted(bad):
         kind, path, reason = bad[index]
         policy.handle(kind(path, reason))
