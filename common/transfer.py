@@ -3,6 +3,7 @@
 :func:`load_pretrained` reads a checkpoint, finds its state dict, matches tensors to the network by
 name and shape, loads what matches and reports the rest. Later sources (self-supervised encoders,
 the papers' official checkpoints) plug in as key-renaming rules, not as new loaders.
+:func:`pretrained_encoder_config` sizes the downstream encoder as a pre-training checkpoint's network spec says.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.methods.spec import FACTORY as METHOD_SPEC_FACTORY
+from common.networks.spec import saved_spec_state, spec_from_state
 from common.networks.vit import interpolate_position_embedding
 
 logger = logging.getLogger(__name__)
@@ -25,6 +28,9 @@ STATE_DICT_KEYS = ("model", "state_dict", "network", "net", "method")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Name ending of ViT position embeddings, interpolated when the token grids differ (MONAI's PatchEmbeddingBlock).
 POSITION_EMBEDDING = "position_embeddings"
+# Downstream architecture -> the pre-training methods whose ``encoder`` setting sizes its encoder.
+SEGMENTATION_PRETRAINING = {"hyspark": ("HySparK",), "mim": ("MiM",), "unetr": ("GLMAE", "MAE3D")}
+CLASSIFICATION_PRETRAINING = {"hyspark": ("HySparK",), "mim": ("MiM",), "vit": ("GLMAE", "MAE3D")}
 
 
 @dataclass
@@ -160,3 +166,36 @@ def load_pretrained(
     network.load_state_dict(loadable, strict=False)
     logger.info("loaded %s into %s: %s", path, type(network).__name__, report.summary())
     return report
+
+
+def pretrained_encoder_config(
+    path: str | Path | None, default: Mapping | None, methods: Sequence[str]
+) -> Mapping | None:
+    """The encoder sizes to fine-tune with: the ``encoder`` setting a pre-training checkpoint was saved with, so the
+    encoder is built at the size it was pre-trained at whatever the machine (a CPU demo checkpoint on a GPU, a
+    paper-size one on a CPU); else ``default``, the fine-tuning bundle's.
+
+    Args:
+        path: the pre-training checkpoint (``--pretrained``), or None.
+        default: the encoder sizes the fine-tuning bundle chooses without a pre-trained spec.
+        methods: the methods (:data:`common.methods.METHODS`) whose ``encoder`` the fine-tuned architecture takes
+            (:data:`SEGMENTATION_PRETRAINING`, :data:`CLASSIFICATION_PRETRAINING`); empty: ``default``.
+
+    Returns:
+        The saved ``encoder`` setting, as the method was built with it (None: the paper's sizes, as downstream);
+        ``default`` without ``path``, without ``methods``, or for a checkpoint without a method spec (a plain state
+        dict, a fine-tuned network).
+
+    Raises:
+        ValueError: the checkpoint was pre-trained by a method none of ``methods``, naming both.
+    """
+    state = saved_spec_state(path) if path and methods else None
+    if state is None or state.get("factory") != METHOD_SPEC_FACTORY:
+        return default
+    arguments = spec_from_state(state, str(path)).arguments
+    if arguments["method"] not in methods:
+        raise ValueError(
+            f"--pretrained {path} was pre-trained by {arguments['method']}; this architecture fine-tunes the encoder"
+            f" of {' or '.join(methods)}"
+        )
+    return arguments["settings"].get("encoder")

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from common.data import image_loader
-from common.methods import GLMAE, HySparK, MiM, SparK3D
-from common.networks import convvit_config, hybrid_config, segmentation_network, vit_config
+from common.methods import GLMAE, MiM, SparK3D, method_spec
+from common.networks import convvit_config, segmentation_network, vit_config
+from common.transfer import SEGMENTATION_PRETRAINING, pretrained_encoder_config
 from module_runner import run_bundle, run_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -122,19 +123,31 @@ def test_inference_on_real_ct(trained, tmp_path, shared_data, name):
 
 
 PRE_TRAINED = {
-    "hyspark": lambda: HySparK(encoder=hybrid_config(cpu_demo_scale=True), decoder_width=32),
     "mednext": lambda: SparK3D(decoder_width=32),
     "mim": lambda: MiM(encoder=convvit_config(cpu_demo_scale=True), decoder_width=24, decoder_depth=1, decoder_heads=2, contrast_dim=16),
 }
+# Pre-training checkpoints as the bundles save them (with their method's spec), their encoders at sizes that no
+# setting of btcv_segmentation gives (the pre-training bundles' smoke.json).
+PRE_TRAINED_WITH_SPEC = {
+    "hyspark": method_spec("HySparK", {"encoder": {"channels": [4, 8, 8, 12, 12], "depths": [1] * 5, "vit_depth": 1,
+                                                   "num_heads": 2}, "decoder_width": 16}),
+    "mim": method_spec("MiM", {"encoder": {"widths": [6, 6, 12, 12], "depths": [1] * 4, "num_heads": 2},
+                               "decoder_width": 12, "decoder_depth": 1, "decoder_heads": 2, "contrast_dim": 16}),
+}
 
 
-@pytest.mark.parametrize("arch", sorted(PRE_TRAINED))
+@pytest.mark.parametrize("arch", ["hyspark", "mednext", "mim"])
 def test_fine_tunes_from_a_pre_training_checkpoint(tmp_path, arch):
-    """A pre-training method's state dict (what the pre-training bundles save as model.pt) loads into
-    the network of ``arch`` and training runs (32^3 crops, no validation, to stay quick)."""
+    """A pre-training bundle's ``model.pt`` loads into the network of ``arch``, its encoder built at the sizes the
+    checkpoint's spec gives (SparK-3D's MedNeXt has one size per variant: a plain state dict), and training runs
+    (32^3 crops, no validation, to stay quick)."""
     torch.manual_seed(0)
     pretrained = tmp_path / "pretrained.pt"
-    torch.save(PRE_TRAINED[arch]().state_dict(), pretrained)
+    spec = PRE_TRAINED_WITH_SPEC.get(arch)
+    if spec:
+        torch.save({"model": spec.build().state_dict(), "network_spec": spec.state_dict()}, pretrained)
+    else:
+        torch.save(PRE_TRAINED[arch]().state_dict(), pretrained)
     models = tmp_path / "models"
     result = run_bundle(
         [TRAIN, SMOKE], arch=arch, pretrained=pretrained, roi_size="[32,32,32]", val_interval=2,
@@ -142,7 +155,18 @@ def test_fine_tunes_from_a_pre_training_checkpoint(tmp_path, arch):
     )
     log = result.stdout + result.stderr
     assert f"loaded {pretrained}" in log and " 0 with a different shape" in log
-    assert torch.load(models / "checkpoint_final.pt", weights_only=False)["trainer"]["iteration"] == 2
+    state = torch.load(models / "checkpoint_final.pt", weights_only=False)
+    assert state["trainer"]["iteration"] == 2
+    if spec:
+        assert state["network_spec"]["arguments"]["encoder_config"] == spec.arguments["settings"]["encoder"]
+
+
+def test_a_checkpoint_of_another_method_is_refused(tmp_path):
+    """A MiM checkpoint given to ``--arch hyspark`` stops before training, naming both."""
+    spec = PRE_TRAINED_WITH_SPEC["mim"]
+    torch.save({"model": spec.build().state_dict(), "network_spec": spec.state_dict()}, tmp_path / "mim.pt")
+    with pytest.raises(ValueError, match="was pre-trained by MiM; this architecture fine-tunes the encoder of HySparK"):
+        pretrained_encoder_config(tmp_path / "mim.pt", None, SEGMENTATION_PRETRAINING["hyspark"])
 
 
 def test_linear_evaluation_of_a_glmae_encoder_in_unetr_trains_the_decoder_only(tmp_path):
@@ -165,7 +189,7 @@ def test_linear_evaluation_of_a_glmae_encoder_in_unetr_trains_the_decoder_only(t
     state = torch.load(models / "checkpoint_final.pt", weights_only=False)
     before = {k.replace("encoder.vit.", "vit.", 1): v for k, v in method.state_dict().items() if k.startswith("encoder.vit.")}
     assert all(torch.equal(state["model"][k], before[k]) for k in before if "position_embeddings" not in k)
-    network = segmentation_network("unetr", out_channels=14, roi_size=(32,) * 3, vit_config=vit_config(True))
+    network = segmentation_network("unetr", out_channels=14, roi_size=(32,) * 3, encoder_config=vit_config(True))
     decoder = [p for name, p in network.named_parameters() if not name.startswith("vit.")]
     moments = [entry["exp_avg"] for entry in state["optimizer"]["state"].values()]  # AdamW knows the decoder only
     assert len(moments) == len(decoder) and all(m.abs().sum() > 0 for m in moments)
@@ -189,7 +213,7 @@ def test_lora_fine_tuning_trains_adapters_and_decoder_only(tmp_path):
     frozen = [k for k in after if k.startswith("encoder.") and "lora_" not in k]
     assert frozen and all(torch.equal(after[k], before[k]) for k in frozen)
     adapters = {k for k in after if "lora_" in k}
-    plain = segmentation_network("mim", out_channels=14, feature_size=12, convvit_config=convvit_config(True))
+    plain = segmentation_network("mim", out_channels=14, feature_size=12, encoder_config=convvit_config(True))
     assert adapters and set(after) - set(plain.state_dict()) == adapters
     assert any(after[k].abs().sum() > 0 for k in adapters if k.endswith("lora_B"))  # B starts at 0: it trained
     source = sorted((REPO_ROOT / ".cache" / "demo_ct" / "imagesTr").glob("*.nii.gz"))[-1]

@@ -26,7 +26,7 @@ from common.data import (
 )
 from common.data import demo_classification as demo
 from common.data.demo import generate_phantom
-from common.methods import MiM
+from common.methods import method_spec
 from common.networks.classification import (
     CLASSIFICATION_ARCHS,
     CLASSIFICATION_ENCODER_RENAME,
@@ -270,16 +270,21 @@ def test_probability_writer_names_columns_by_class(tmp_path):
 def test_bundle_fine_tunes_a_mim_checkpoint_tracks_and_predicts(tmp_path, lora_rank):
     """Plain ``train.json`` + ``smoke.json`` from a MiM pre-training checkpoint: fully (the encoder trains), or with
     ``--lora_rank 4`` (its pre-trained weights stay as loaded while its adapters and the head train); inference
-    rebuilds the fine-tuned network from its checkpoint."""
+    rebuilds the fine-tuned network from its checkpoint. The checkpoint's encoder has sizes no setting of the bundle
+    gives: the fine-tuned encoder is built as the checkpoint's network spec says."""
     configs = BUNDLE / "configs"
     models, evaluation = tmp_path / "models", tmp_path / "eval"
     torch.manual_seed(0)
-    pretrained = MiM(encoder=convvit_config(cpu_demo_scale=True), decoder_width=24, decoder_depth=1, decoder_heads=2, contrast_dim=16)
-    torch.save(pretrained.state_dict(), tmp_path / "pretrained.pt")
+    encoder = {**convvit_config(cpu_demo_scale=True), "widths": [8, 16, 32, 48]}
+    spec = method_spec("MiM", {"encoder": encoder, "decoder_width": 24, "decoder_depth": 1, "decoder_heads": 2,
+                               "contrast_dim": 16})
+    pretrained = spec.build()
+    torch.save({"model": pretrained.state_dict(), "network_spec": spec.state_dict()}, tmp_path / "pretrained.pt")
     run_bundle([str(configs / "train.json"), str(configs / "smoke.json")], ckpt_dir=models, output_dir=evaluation,
                pretrained=tmp_path / "pretrained.pt", lora_rank=lora_rank)
     state = torch.load(models / "checkpoint_final.pt", weights_only=False)
     assert (models / "model.pt").is_file() and state["trainer"]["iteration"] == 2
+    assert state["network_spec"]["arguments"]["encoder_config"] == encoder
     network = state["model"]
     encoder = [k for k in network if k.startswith("encoder.") and "lora_" not in k]
     unchanged = [torch.equal(network[k], pretrained.state_dict()[k]) for k in encoder]

@@ -186,7 +186,7 @@ def test_a_nan_block_stops_training_naming_the_file_or_is_skipped_with_a_report(
     run_bundle(TRAIN, skip_bad_input="true", **paths)
     report = (paths["output_dir"] / "skipped_inputs.csv").read_text().splitlines()
     assert report[0] == "file,reason" and len(report) == 2 and report[1].startswith(f"{bad},") and "NaN" in report[1]
-    weights = torch.load(paths["ckpt_dir"] / "model.pt", weights_only=True)
+    weights = torch.load(paths["ckpt_dir"] / "model.pt", weights_only=True)["model"]
     assert all(torch.isfinite(value).all() for value in weights.values() if value.is_floating_point())
 
 

@@ -57,7 +57,7 @@ def test_training_writes_checkpoints_and_every_loss_and_statistic_to_mlflow(trai
     expected = EXPECTED[bundle]
     state = torch.load(paths["models"] / "checkpoint_final.pt", weights_only=False)
     assert state["trainer"]["iteration"] == 2 and state["trainer"]["optimizer_steps"] == 2
-    model = torch.load(paths["models"] / "model.pt", weights_only=True)
+    model = torch.load(paths["models"] / "model.pt", weights_only=True)["model"]
     assert {name.split(".")[0] for name in model} == expected["modules"]
     if expected["teacher"]:  # the momentum copy moved towards the online encoder but is not a copy of it
         assert not torch.equal(model[f"{expected['teacher']}.conv1.weight"], model["encoder.conv1.weight"])

@@ -19,13 +19,14 @@ from common.networks import (
     CLASSIFICATION_ENCODER_RENAME,
     PRETRAINED_ENCODER_RENAME,
     classification_network,
+    hybrid_config,
     resnet_classifier,
     segmentation_network,
 )
-from common.transfer import load_pretrained
+from common.transfer import load_pretrained, pretrained_encoder_config
 from module_runner import run_module
 from tools.checkpoint_sources import get_source, sincos_check
-from tools.convert_checkpoint import ConversionError, build_method, convert_checkpoint, main
+from tools.convert_checkpoint import ConversionError, convert_checkpoint, main, method_spec_of
 
 UNUSED = ".norm_cross_attn."  # MONAI TransformerBlock's unused cross-attention norm
 
@@ -132,7 +133,7 @@ def test_hyspark_release_converts_into_the_encoder(tmp_path, caplog):
     torch.save(release, source)
     with caplog.at_level(logging.WARNING):
         report = convert_checkpoint("hyspark", source, out, overrides={"decoder_width": 96})
-    converted = torch.load(out, weights_only=True)
+    converted = torch.load(out, weights_only=True)["model"]
     assert report.complete and len(report.matched) == len(release) - 2 and "encoder.vit.norm.bias" in report.matched
     assert set(report.dropped) == {"mae.pos_embed", "mae.mask_token"}
     assert converted["encoder.vit.blocks.1.attn.out_proj.weight"].equal(release["mae.blocks.1.attn.proj.weight"])
@@ -141,12 +142,14 @@ def test_hyspark_release_converts_into_the_encoder(tmp_path, caplog):
     assert_values_carried(release, converted, report)
     assert "mae.pos_embed: differs" in caplog.text  # random values, not a sin-cos code
 
-    method = build_method(get_source("hyspark"), {"decoder_width": 96})
+    method = method_spec_of(get_source("hyspark"), {"decoder_width": 96}).build()
     result = method.load_state_dict(converted, strict=False)
     assert not result.unexpected_keys
     assert all(not n.startswith("encoder.") or UNUSED in n for n in result.missing_keys)
     network = segmentation_network("hyspark", out_channels=3)
     assert_encoder_loaded(network, out, PRETRAINED_ENCODER_RENAME["hyspark"], "encoder.")
+    # the release's sizes travel with it: fine-tuning builds the paper's encoder whatever the machine's default
+    assert pretrained_encoder_config(out, {"channels": [8]}, ["HySparK"]) == hybrid_config(cpu_demo_scale=False)
 
 
 def test_sincos_check_recognises_the_official_axis_order():
@@ -204,7 +207,7 @@ def test_mim_pickled_release_needs_trust_and_converts(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         report = convert_checkpoint("mim", source, out, trust_pickle=True, overrides=MIM_OVERRIDES)
     assert "weights_only=False" in caplog.text
-    converted = torch.load(out, weights_only=True)
+    converted = torch.load(out, weights_only=True)["model"]
     assert report.complete and set(report.dropped) == {"pos_embed", "decoder_pos_embed"}
     assert converted["encoder.conv_stages.1.0.dwconv.weight"].equal(release["blocks2.0.attn.weight"])
     assert converted["encoder.patch_embeds.3.1.bias"].equal(release["patch_embed4.norm.bias"])
@@ -212,7 +215,7 @@ def test_mim_pickled_release_needs_trust_and_converts(tmp_path, caplog):
     assert converted["decoder.predict.weight"].equal(release["decoder_pred.weight"])
     assert_values_carried(release, converted, report)
     encoder = MIM_OVERRIDES["convvit_config"]
-    network = segmentation_network("mim", out_channels=3, feature_size=12, convvit_config=encoder)
+    network = segmentation_network("mim", out_channels=3, feature_size=12, encoder_config=encoder)
     assert_encoder_loaded(network, out, PRETRAINED_ENCODER_RENAME["mim"], "encoder.")
 
 
@@ -234,7 +237,7 @@ def test_glmae_release_is_partial_without_qkv_biases_and_folds_the_cls_position(
     report = convert_checkpoint("glmae", source, out, allow_partial=True, overrides=overrides)
     assert len(report.unexpected) == 2 and all(".attn.qkv.bias ->" in u for u in report.unexpected)
     assert not report.missing and not report.shape_mismatch
-    converted = torch.load(out, weights_only=True)
+    converted = torch.load(out, weights_only=True)["model"]
     position = converted["encoder.vit.patch_embedding.position_embeddings"]
     assert position.shape == (1, 216, 768) and position.equal(backbone["pos_embed"][:, 1:])
     assert converted["encoder.cls_token"].equal(backbone["cls_token"] + backbone["pos_embed"][:, :1])
@@ -283,7 +286,7 @@ def test_2d_study_release_converts_into_the_resnet_encoder(tmp_path, source):
     path, out = tmp_path / "release.ckpt", tmp_path / "converted.pt"
     torch.save(checkpoint, path)
     report = convert_checkpoint(source, path, out, overrides=overrides)
-    converted = torch.load(out, weights_only=True)
+    converted = torch.load(out, weights_only=True)["model"]
     assert report.complete
     assert converted["encoder.conv1.weight"].equal(release[STEMS[source]].sum(dim=1, keepdim=True))
     assert_values_carried(release, converted, report)
@@ -310,14 +313,14 @@ def test_a_release_of_other_sizes_is_refused_with_the_shapes(tmp_path):
     report = convert_checkpoint("swav2d", path, out, overrides=overrides, allow_partial=True)
     mismatch = "model.prototypes.weight -> prototypes.weight: release (3000, 128), SwAV (500, 128)"
     assert report.shape_mismatch == [mismatch]
-    assert "prototypes.weight" not in torch.load(out, weights_only=True)
+    assert "prototypes.weight" not in torch.load(out, weights_only=True)["model"]
 
 
 def test_unknown_source_and_override_are_named(tmp_path):
     with pytest.raises(ValueError, match="unknown --source 'simclr'; choose one of hyspark, mim, glmae"):
         convert_checkpoint("simclr", tmp_path / "in.pth", tmp_path / "out.pt")
     with pytest.raises(ValueError, match="'vit_depth' is not an id of .*hyspark_pretrain"):
-        build_method(get_source("hyspark"), {"vit_depth": 2})
+        method_spec_of(get_source("hyspark"), {"vit_depth": 2})
 
 
 def test_command_line_converts_and_never_overwrites(tmp_path, repo_root):
@@ -331,6 +334,6 @@ def test_command_line_converts_and_never_overwrites(tmp_path, repo_root):
     converted = len(release) - 2  # all but the fixed position embedding and the unused ViT mask token
     assert f"hyspark -> HySparK: {converted} tensors converted" in done.stdout and f"wrote {out}" in done.stdout
     assert "WARNING: " in done.stderr and "mae.pos_embed: differs" in done.stderr
-    assert len(torch.load(out, weights_only=True)) == converted
+    assert len(torch.load(out, weights_only=True)["model"]) == converted
     with pytest.raises(SystemExit, match="exists; pass --overwrite"):
         main(str(source), str(out), source="hyspark")

@@ -19,11 +19,9 @@ from monai.data import load_net_with_metadata
 from common.networks import (
     classification_encoder_config,
     classification_spec,
-    convvit_config,
-    hybrid_config,
+    segmentation_encoder_config,
     segmentation_spec,
     slice_classification_spec,
-    vit_config,
 )
 from common.networks.spec import SPEC_KEY
 from module_runner import monai_bundle
@@ -44,11 +42,15 @@ def demo_classifier(arch: str) -> dict:
     return {"arch": arch, "roi_size": [32, 32, 32], "encoder_config": classification_encoder_config(arch, True)}
 
 
-DEMO_SIZES = {"hybrid_config": hybrid_config(True), "convvit_config": convvit_config(True), "vit_config": vit_config(True)}
+def demo_encoder(arch: str) -> dict:
+    """The ``encoder_config`` of segmentation ``arch`` at the CPU demo's sizes (as ``btcv_segmentation`` trains it)."""
+    return {"encoder_config": segmentation_encoder_config(arch, True)}
+
 
 # (bundle, the saved spec's arguments (tiny shapes), input shape, extra ckpt_export arguments)
 SCRIPTED = {
-    "unetr": ("btcv_segmentation", {"arch": "unetr", "roi_size": [32, 32, 32], **DEMO_SIZES}, (1, 1, 32, 32, 32), []),
+    "unetr": ("btcv_segmentation", {"arch": "unetr", "roi_size": [32, 32, 32], **demo_encoder("unetr")},
+              (1, 1, 32, 32, 32), []),
     "resnet50": ("ct_slice_classification", {"image_size": 64, "intensity": [0.5, 0.25]}, (1, 1, 64, 64), []),
 }
 # not scriptable: MONAI's SwinUNETR / SwinTransformer (torch.utils.checkpoint under torch 2.13), MONAI's MedNeXt
@@ -62,9 +64,9 @@ TRACED = {
     "seg_swin_unetr": ("btcv_segmentation", {"arch": "swin_unetr", "feature_size": 12, "roi_size": [64] * 3},
                        (1, 1, 64, 64, 64), []),
     "seg_mednext": ("btcv_segmentation", {"arch": "mednext", "roi_size": [32, 32, 32]}, (1, 1, 32, 32, 32), []),
-    "seg_mim": ("btcv_segmentation", {"arch": "mim", "feature_size": 12, "roi_size": [64] * 3, **DEMO_SIZES},
+    "seg_mim": ("btcv_segmentation", {"arch": "mim", "feature_size": 12, "roi_size": [64] * 3, **demo_encoder("mim")},
                 (1, 1, 64, 64, 64), []),
-    "seg_hyspark": ("btcv_segmentation", {"arch": "hyspark", "roi_size": [64] * 3, **DEMO_SIZES},
+    "seg_hyspark": ("btcv_segmentation", {"arch": "hyspark", "roi_size": [64] * 3, **demo_encoder("hyspark")},
                     (1, 1, 64, 64, 64), []),
 }
 FAST = {"unetr", "cls_mim"}  # one scripted, one traced: the two ckpt_export paths

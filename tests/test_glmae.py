@@ -128,7 +128,7 @@ def test_pre_trained_vit_transfers_into_unetr_with_interpolated_position_embeddi
     torch.manual_seed(0)
     pretrained = method()
     torch.save({"model": pretrained.state_dict()}, tmp_path / "model.pt")
-    unetr = segmentation_network("unetr", out_channels=3, roi_size=(64, 64, 64), vit_config=TINY_VIT)
+    unetr = segmentation_network("unetr", out_channels=3, roi_size=(64, 64, 64), encoder_config=TINY_VIT)
     report = load_pretrained(unetr, tmp_path / "model.pt", rename={"encoder.vit.": "vit."})
     vit_names = [name for name in unetr.state_dict() if name.startswith("vit.")]
     assert sorted(report.matched) == sorted(vit_names) and report.resized == ["vit.patch_embedding.position_embeddings"]
@@ -139,14 +139,14 @@ def test_pre_trained_vit_transfers_into_unetr_with_interpolated_position_embeddi
 
 
 def test_linear_evaluation_freezes_the_encoder_only():
-    network = adapt_encoder(segmentation_network("unetr", out_channels=3, roi_size=(32,) * 3, vit_config=TINY_VIT), "unetr", freeze_encoder=True)
+    network = adapt_encoder(segmentation_network("unetr", out_channels=3, roi_size=(32,) * 3, encoder_config=TINY_VIT), "unetr", freeze_encoder=True)
     frozen = {name for name, p in network.named_parameters() if not p.requires_grad}
     assert frozen == {name for name, _ in network.named_parameters() if name.startswith("vit.")}
     assert any(p.requires_grad for p in network.parameters())
     with pytest.raises(ValueError, match="not both"):
-        adapt_encoder(segmentation_network("unetr", out_channels=3, roi_size=(32,) * 3, vit_config=TINY_VIT), "unetr", 4, True)
+        adapt_encoder(segmentation_network("unetr", out_channels=3, roi_size=(32,) * 3, encoder_config=TINY_VIT), "unetr", 4, True)
     with pytest.raises(ValueError, match="12-layer"):
-        segmentation_network("unetr", vit_config=TINY_VIT | {"num_layers": 4})
+        segmentation_network("unetr", encoder_config=TINY_VIT | {"num_layers": 4})
 
 
 def test_pre_trained_vit_loads_into_the_volume_classifier(tmp_path):

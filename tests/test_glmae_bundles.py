@@ -42,7 +42,7 @@ def test_training_writes_checkpoints_snapshots_and_every_loss_to_mlflow(trained)
     modules, columns, losses, (param, value) = EXPECTED[bundle]
     state = torch.load(paths["models"] / "checkpoint_final.pt", weights_only=False)
     assert state["trainer"]["iteration"] == 2 and state["trainer"]["optimizer_steps"] == 2
-    model = torch.load(paths["models"] / "model.pt", weights_only=True)
+    model = torch.load(paths["models"] / "model.pt", weights_only=True)["model"]
     assert {name.split(".")[0] for name in model} == modules
     if bundle == "glmae_pretrain":  # the teacher moved towards the student, but is not a copy of it
         teacher, student = model["teacher_head.0.weight"], model["head.0.weight"]

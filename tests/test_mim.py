@@ -140,7 +140,7 @@ def test_pretrained_encoder_loads_into_the_segmentation_network_and_reproduces_i
     torch.manual_seed(0)
     method = tiny_mim()
     torch.save(method.state_dict(), tmp_path / "model.pt")
-    network = segmentation_network("mim", out_channels=3, feature_size=6, convvit_config=TINY_ENCODER)
+    network = segmentation_network("mim", out_channels=3, feature_size=6, encoder_config=TINY_ENCODER)
     report = load_pretrained(network, tmp_path / "model.pt", rename=PRETRAINED_ENCODER_RENAME["mim"])
     encoder_tensors = [k for k in network.state_dict() if k.startswith("encoder.")]
     assert len(report.matched) >= 0.95 * len(encoder_tensors)

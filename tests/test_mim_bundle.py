@@ -29,7 +29,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
 def test_training_writes_checkpoints_level_snapshots_and_every_loss_to_mlflow(trained):
     state = torch.load(trained["models"] / "checkpoint_final.pt", weights_only=False)
     assert state["trainer"]["iteration"] == 2 and state["trainer"]["optimizer_steps"] == 2
-    model = torch.load(trained["models"] / "model.pt", weights_only=True)
+    model = torch.load(trained["models"] / "model.pt", weights_only=True)["model"]
     assert {name.split(".")[0] for name in model} == {"encoder", "decoder", "context_heads", "region_heads"}
 
     png = Image.open(trained["eval"] / "reconstructions" / "iteration_000002.png")

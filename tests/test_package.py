@@ -3,6 +3,7 @@
 ``tools.monailabel_check``: MONAI Label serves a packaged bundle."""
 
 import hashlib
+import io
 import json
 import shutil
 import zipfile
@@ -190,7 +191,7 @@ def test_weights_carrying_their_network_need_no_settings_and_describe_the_artifa
     assert inference == json.loads((bundle / "configs" / "inference.json").read_text())
     with zipfile.ZipFile(artifact) as archive:
         train = json.loads(archive.read("btcv_segmentation/configs/train.json"))
-    assert train["arch"] == "mim" and train["network_spec"]["convvit_config"]["widths"] == [16, 32, 64, 96]
+    assert train["arch"] == "mim" and train["network_spec"]["encoder_config"]["widths"] == [16, 32, 64, 96]
     with pytest.raises(ValueError, match=r"--settings contradict .*arch: --settings 'unetr', weights 'mim'"):
         package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist2"), releases=tmp_path / "r2.json",
                 settings={"arch": "unetr"})
@@ -200,18 +201,24 @@ def test_weights_carrying_their_network_need_no_settings_and_describe_the_artifa
     assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == 1
 
 
-def test_plain_weights_must_fit_the_network_of_the_settings(tmp_path):
-    """A pre-training method's weights of a CPU demo run are refused under the default settings (the papers'
-    sizes) and accepted with ``cpu_demo_scale`` set to what they were trained with."""
+def test_plain_weights_get_the_network_of_the_settings(tmp_path):
+    """A plain state dict (a pre-training method's, CPU demo sizes) is refused under the default settings (the
+    papers' sizes) and packaged with ``cpu_demo_scale`` set to what it was trained with: the shipped ``model.pt``
+    carries the network spec of ``train.json`` under those settings, as training would have saved it."""
     bundle = copy_bundle("mim_pretrain", tmp_path / "src")
     demo = {"cpu_demo_scale": True}
-    weights = network_weights(bundle, tmp_path / "demo.pt", demo)
+    trained = torch.load(network_weights(bundle, tmp_path / "demo.pt", demo), weights_only=True)
+    weights = tmp_path / "plain.pt"
+    torch.save(trained["model"], weights)
     with pytest.raises(ValueError, match="do not fit the network of train.json with settings {'cpu_demo_scale': Fals"):
         package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json")
     artifact = package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json",
                        settings=demo)
     with zipfile.ZipFile(artifact) as archive:
-        assert json.loads(archive.read("mim_pretrain/configs/inference.json"))["cpu_demo_scale"] is True
+        shipped = torch.load(io.BytesIO(archive.read("mim_pretrain/models/model.pt")), weights_only=True)
+        train = json.loads(archive.read("mim_pretrain/configs/train.json"))
+    assert shipped[SPEC_KEY] == trained[SPEC_KEY] and shipped["model"].keys() == trained["model"].keys()
+    assert train["cpu_demo_scale"] is True and train["network_spec"]["method"] == "MiM"
 
 
 def test_cli_exits_with_the_reason(bundle, tmp_path, monkeypatch, capsys):
@@ -251,14 +258,15 @@ def test_unpacked_artifact_runs_on_its_own(name, tmp_path):
 
 @pytest.mark.integration
 def test_monailabel_serves_the_packaged_bundle(tmp_path, shared_data):
-    """MONAI Label's ``monaibundle`` app with the packaged ``btcv_segmentation`` (untrained weights of the default
-    network at CPU demo size, 4 mm voxels to keep it quick): ``/info/`` lists the organs of ``channel_def``,
-    ``/infer`` returns a label map of a real CT, ``/train/`` trains on it for two epochs (one step each)."""
+    """MONAI Label's ``monaibundle`` app on this CPU with the packaged ``btcv_segmentation``: untrained weights of the
+    papers' network (Swin UNETR, feature size 48, 96^3 windows: ``cpu_demo_scale`` false, as a GPU run saves them;
+    4 mm voxels to keep it quick), packaged with no setting. ``/info/`` lists the organs of ``channel_def``,
+    ``/infer`` returns a label map of a real CT, ``/train/`` trains that network on it for two epochs (one step
+    each)."""
     bundle = copy_bundle("btcv_segmentation", tmp_path / "src")
-    settings = {"cpu_demo_scale": True, "pixdim": [4.0, 4.0, 4.0]}
-    weights = network_weights(bundle, tmp_path / "model.pt", settings)
-    artifact = package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json",
-                       settings=settings)
+    weights = network_weights(bundle, tmp_path / "model.pt", {"cpu_demo_scale": False, "pixdim": [4.0, 4.0, 4.0]})
+    assert torch.load(weights, weights_only=True)[SPEC_KEY]["arguments"]["roi_size"] == [96, 96, 96]
+    artifact = package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json")
 
     image = shared_data / "totalsegmentator" / "example_ct_sm.nii.gz"
     report = check_monailabel(str(artifact), image=str(image), work_dir=str(tmp_path / "work"))

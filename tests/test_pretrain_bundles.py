@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from common.data import image_loader
+from common.networks.spec import SpecMismatchError, load_network_spec, spec_from_state
 from module_runner import run_bundle
 from tools.verify import verify_bundle
 
@@ -51,11 +52,14 @@ def mlflow_runs(eval_dir: Path, bundle: str):
 def test_training_writes_checkpoint_model_snapshots_and_mlflow_run(trained):
     bundle, paths = trained
     state = torch.load(paths["models"] / "checkpoint_final.pt", weights_only=False)
-    assert {"method", "optimizer", "trainer"} <= set(state)
+    assert {"network_spec", "method", "optimizer", "trainer"} <= set(state)
     assert state["trainer"]["iteration"] == 2 and state["trainer"]["optimizer_steps"] == 2
 
-    model = torch.load(paths["models"] / "model.pt", weights_only=True)  # the method's plain state dict
-    assert all(torch.is_tensor(value) for value in model.values())
+    saved = torch.load(paths["models"] / "model.pt", weights_only=True)  # plain values only: no code unpickled
+    assert saved["network_spec"] == state["network_spec"]
+    assert saved["network_spec"]["factory"] == "common.methods.method_spec"
+    model = saved["model"]
+    spec_from_state(saved["network_spec"], "model.pt").build().load_state_dict(model)  # rebuilds the trained method
     assert any(name.startswith("encoder.") for name in model) and any(name.startswith("decoder.") for name in model)
     assert set(model) == set(state["method"])
 
@@ -96,13 +100,12 @@ def test_resume_continues_the_training_state(trained, tmp_path):
 
 
 def test_inference_exports_input_masked_and_reconstruction_on_the_input_grid(trained, tmp_path):
+    """Plain ``inference.json``, no size setting: the method and its spacing come from the checkpoint (the smoke
+    run's, which no default of ``inference.json`` describes)."""
     bundle, paths = trained
     source = sorted((REPO_ROOT / ".cache" / "demo_ct" / "imagesTr").glob("*.nii.gz"))[-1]
     out = tmp_path / "reconstructions"
-    run_bundle(
-        configs(bundle, "inference.json", "smoke.json"),
-        input=source, pretrained=paths["models"] / "model.pt", output_dir=out,
-    )
+    run_bundle(configs(bundle, "inference.json"), input=source, pretrained=paths["models"] / "model.pt", output_dir=out)
     case = source.name[: -len(".nii.gz")]
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{case}_{name}.nii.gz" for name in EXPORTS)
     reference = image_loader("image", ensure_channel_first=False)({"image": str(source)})["image"]
@@ -116,6 +119,12 @@ def test_inference_exports_input_masked_and_reconstruction_on_the_input_grid(tra
     hidden = volumes["masked"] == 0
     assert 0.5 < hidden.mean() < 1.0  # mask ratio 0.75 of the patches (plus the zero background)
     assert not np.allclose(volumes["reconstruction"], volumes["input"])  # masked patches are predicted
+
+
+def test_a_setting_that_contradicts_the_checkpoint_is_refused(trained):
+    _, paths = trained
+    with pytest.raises(SpecMismatchError, match=r"--pixdim \[2.0, 2.0, 2.0\] \(the checkpoint has \[4.0, 4.0, 4.0\]\)"):
+        load_network_spec(paths["models"] / "model.pt", None, {"pixdim": [2.0, 2.0, 2.0], "window": None})
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

@@ -70,7 +70,7 @@ def test_hyspark_encoder_transfers_into_the_segmentation_network(tmp_path):
     torch.manual_seed(0)
     method = HySparK(encoder=TINY_HYBRID, decoder_width=16)
     torch.save(method.state_dict(), tmp_path / "model.pt")
-    network = segmentation_network("hyspark", out_channels=3, hybrid_config=TINY_HYBRID)
+    network = segmentation_network("hyspark", out_channels=3, encoder_config=TINY_HYBRID)
     report = load_pretrained(network, tmp_path / "model.pt", rename=PRETRAINED_ENCODER_RENAME["hyspark"])
     encoder_tensors = [n for n in network.state_dict() if n.startswith("encoder.")]
     assert len(set(report.matched) & set(encoder_tensors)) >= 0.95 * len(encoder_tensors)

@@ -29,7 +29,7 @@ def test_training_writes_checkpoints_snapshots_and_the_mlflow_run(trained):
     state = torch.load(trained["models"] / "checkpoint_final.pt", weights_only=False)
     assert state["trainer"]["iteration"] == 2 and state["trainer"]["optimizer_steps"] == 2
     assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(state["optimizer"]["state"].values())))  # LAMB's moments
-    model = torch.load(trained["models"] / "model.pt", weights_only=True)
+    model = torch.load(trained["models"] / "model.pt", weights_only=True)["model"]
     assert {name.split(".")[0] for name in model} == {"encoder", "mask_tokens", "densify_norms", "densify", "decoder"}
     assert model["encoder.layer4.2.conv3.weight"].shape == (2048, 512, 1, 1)  # ResNet-50
 

@@ -12,12 +12,13 @@
            --pretrained byol_converted.pt
 
 The release's tensors are renamed (and where needed changed in form, exactly) into the state dict of the method of the
-matching pre-training bundle, checked name by name and shape by shape against that method, and written as a plain state
-dict: what the bundle's ``models/model.pt`` holds, restricted to the converted tensors (``encoder.*`` and whatever else
-corresponds). Downstream bundles load it with ``--pretrained OUT`` (:func:`common.transfer.load_pretrained`); it is not
-a complete pre-training state to resume from. The method is built from the bundle's ``configs/train.json``
-``method_def`` at paper scale (``cpu_demo_scale`` false); a release of other sizes needs ``--overrides`` of ids of that
-config, e.g. ``--overrides "{'depth': 18}"``.
+matching pre-training bundle, checked name by name and shape by shape against that method, and written as the bundle's
+``models/model.pt`` is: the converted tensors (``encoder.*`` and whatever else corresponds) under ``"model"``, with the
+method's ``network_spec`` (:func:`common.methods.method_spec`). Downstream bundles load it with ``--pretrained OUT``
+(:func:`common.transfer.load_pretrained`), their encoder built at the release's sizes on any machine
+(:func:`common.transfer.pretrained_encoder_config`); it is not a complete pre-training state to resume from. The
+method is the bundle's ``configs/train.json`` ``network_spec`` at paper scale (``cpu_demo_scale`` false); a release of
+other sizes needs ``--overrides`` of ids of that config, e.g. ``--overrides "{'depth': 18}"``.
 
 =========  =================  ==========================================================================================
 source     into               release layout (``module.`` prefixes of DistributedDataParallel are stripped first)
@@ -81,8 +82,8 @@ from pathlib import Path
 import fire
 import torch
 from monai.bundle import ConfigParser
-from torch import nn
 
+from common.networks.spec import SPEC_KEY, NetworkSpec
 from common.transfer import STATE_DICT_KEYS, extract_state_dict
 from tools.checkpoint_sources import Source, get_source
 
@@ -211,8 +212,8 @@ def release_state(checkpoint: object, source: Source, path: str | Path) -> dict[
     return state
 
 
-def build_method(source: Source, overrides: Mapping | None = None) -> nn.Module:
-    """The method of ``source.bundle``: its ``configs/train.json`` ``method_def`` with :data:`PINNED_CONFIG` and
+def method_spec_of(source: Source, overrides: Mapping | None = None) -> NetworkSpec:
+    """The method of ``source.bundle``: its ``configs/train.json`` ``network_spec`` with :data:`PINNED_CONFIG` and
     ``overrides`` (config id -> value, e.g. ``{"depth": 18}``) applied.
 
     Raises:
@@ -228,7 +229,7 @@ def build_method(source: Source, overrides: Mapping | None = None) -> nn.Module:
         if key not in parser:
             raise ValueError(f"--overrides: {key!r} is not an id of {config}")
         parser[key] = value
-    return parser.get_parsed_content("method_def")
+    return parser.get_parsed_content("network_spec")
 
 
 def convert_state(
@@ -301,12 +302,13 @@ def convert_checkpoint(
     overrides: Mapping | None = None,
     overwrite: bool = False,
 ) -> ConversionReport:
-    """Convert a released checkpoint and write it as a plain state dict of the method of ``source``'s bundle.
+    """Convert a released checkpoint and write it as a checkpoint of the method of ``source``'s bundle: the converted
+    tensors under ``"model"`` with the method's ``network_spec``, as the bundle's training saves ``models/model.pt``.
 
     Args:
         source: a name of :data:`tools.checkpoint_sources.SOURCES`.
         input_path: the released file.
-        output_path: where to write the converted state dict (parent folders are created).
+        output_path: where to write the converted checkpoint (parent folders are created).
         allow_partial: write even when tensors are unexpected, mismatched or missing (the report lists them).
         trust_pickle: read a file holding pickled Python objects (``weights_only=False``); only for trusted files.
         overrides: config ids of the bundle's ``train.json`` -> values, for a method of other sizes.
@@ -322,19 +324,20 @@ def convert_checkpoint(
         ConversionError: the file cannot be read as asked, or the conversion is partial and ``allow_partial`` is
             false, or nothing converts at all.
     """
-    spec = get_source(source)
+    layout = get_source(source)
     output_path = Path(output_path)
     if output_path.exists() and not overwrite:
         raise FileExistsError(f"{output_path} exists; pass --overwrite to replace it")
-    release = release_state(load_release(input_path, trust_pickle), spec, input_path)
-    method = build_method(spec, overrides)
-    converted, report = convert_state(spec, release, method.state_dict(), type(method).__name__)
+    release = release_state(load_release(input_path, trust_pickle), layout, input_path)
+    method_spec = method_spec_of(layout, overrides)
+    method = method_spec.build()
+    converted, report = convert_state(layout, release, method.state_dict(), type(method).__name__)
     logger.info("%s: %s", input_path, report.summary())
     for warning in report.warnings:
         logger.warning("%s: %s", input_path, warning)
     if not converted:
         raise ConversionError(
-            f"no tensor of {input_path} converts into {report.method}; a {source} release is {spec.layout}", report
+            f"no tensor of {input_path} converts into {report.method}; a {source} release is {layout.layout}", report
         )
     if not report.complete and not allow_partial:
         shown = (report.unexpected + report.shape_mismatch + report.missing)[:3]
@@ -344,7 +347,7 @@ def convert_checkpoint(
             report,
         )
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(converted, output_path)
+    torch.save({"model": converted, SPEC_KEY: method_spec.state_dict()}, output_path)
     return report
 
 

@@ -26,22 +26,23 @@ Before packaging, the bundle must pass ``tools.verify``'s file, metadata and con
 new or the same as the last packaged one with unchanged files; an artifact of that name with other bytes is never
 overwritten (bump the version instead).
 
-Weights and settings. A downstream bundle's checkpoint carries its network (``network_spec``,
-:mod:`common.networks.spec`): the weights must load strictly into the network it describes, and its input channels
-and output labels go into the artifact's ``metadata.json`` (``network_data_format``), so ``verify_net_in_out`` and
-MONAI Label see what the weights really are; ``train.json`` is set to train that network (its ``network_spec`` and the
-top-level ids among the spec's arguments), so MONAI Label's bundle trainer can continue from the shipped weights on
-any machine. No setting is needed: inference rebuilds the network from the checkpoint. ``--settings`` (a dict of top-level config ids) writes values into every config of the artifact that
-defines them, e.g. the ``pixdim`` of a MONAI Label app. Weights without a spec (a pre-training bundle's method, a
-plain state dict) only fit the configs under the settings they were trained with: for them ``--settings`` defaults to
-``{"cpu_demo_scale": false}`` (the papers' network sizes, whatever machine later runs the artifact), and the weights
-must load strictly into the network ``train.json`` builds under those settings (``network_def``, or ``method`` for a
-pre-training bundle); weights of a CPU demo run need ``--settings "{'cpu_demo_scale': True}"``.
+Weights and settings. The artifact's ``models/model.pt`` always carries its network (``network_spec``,
+:mod:`common.networks.spec`; a pre-training bundle's method, :func:`common.methods.method_spec`), so inference and
+MONAI Label rebuild it on any machine: the weights must load strictly into the network it describes, its input
+channels and output labels go into the artifact's ``metadata.json`` (``network_data_format``), so
+``verify_net_in_out`` and MONAI Label see what the weights really are, and ``train.json`` is set to train that network
+(its ``network_spec`` and the top-level ids among the spec's settings), so MONAI Label's bundle trainer can continue
+from the shipped weights on any machine. A checkpoint that a bundle's training saved carries its spec and needs no
+setting. A plain state dict (a paper's release, another tool's weights) gets the spec of ``train.json``'s
+``network_spec`` under ``--settings`` (a dict of top-level config ids), default ``{"cpu_demo_scale": false}`` (the
+papers' sizes); weights of a CPU demo run need ``--settings "{'cpu_demo_scale': True}"``. ``--settings`` are also
+written into every config of the artifact that defines them, e.g. the ``sw_batch_size`` of a MONAI Label app.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sys
 import zipfile
@@ -65,27 +66,23 @@ MODEL_INFO = "model_info.json"
 # Fixed entry attributes of a reproducible zip: the earliest time a zip can store, rw-r--r-- regular files.
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 ZIP_FILE_MODE = 0o100644 << 16
-# Settings frozen into an artifact that ships weights without a network spec unless others are given: the papers'
-# network sizes.
+# Settings under which a plain state dict gets its network spec unless others are given: the papers' network sizes.
 WEIGHTS_SETTINGS = {"cpu_demo_scale": False}
 
 
-def artifact_entries(bundle: Path, weights: Path | None = None, configs: Mapping[str, bytes] | None = None
-                     ) -> dict[str, bytes]:
+def artifact_entries(bundle: Path, contents: Mapping[str, bytes] | None = None) -> dict[str, bytes]:
     """Archive name -> content of every file in the artifact of ``bundle``, names sorted.
 
     Args:
         bundle: the bundle folder (``bundles/<name>``).
-        weights: a checkpoint to ship as ``models/model.pt``.
-        configs: contents that replace the bundle's own files, by name inside the bundle (:func:`configs_with`).
+        contents: files added to or replacing the bundle's own, by name inside the bundle (``models/model.pt``,
+            the configs of :func:`configs_with`).
     """
     name = bundle.name
     files = {path.relative_to(bundle).as_posix(): path for path in bundle_files(bundle)}
     files.update({f"common/{path.relative_to(COMMON_DIR).as_posix()}": path for path in COMMON_DIR.rglob("*.py")})
-    if weights is not None:
-        files["models/model.pt"] = weights
     entries = {f"{name}/{inner}": path.read_bytes() for inner, path in files.items()}
-    entries.update({f"{name}/{inner}": content for inner, content in (configs or {}).items()})
+    entries.update({f"{name}/{inner}": content for inner, content in (contents or {}).items()})
     return dict(sorted(entries.items()))
 
 
@@ -154,6 +151,24 @@ def saved_spec(checkpoint: Mapping, weights: Path) -> NetworkSpec | None:
     return spec_from_state(checkpoint[SPEC_KEY], str(weights)) if SPEC_KEY in checkpoint else None
 
 
+def train_json_spec(bundle: Path, settings: Mapping) -> NetworkSpec:
+    """The ``network_spec`` of ``configs/train.json`` under ``settings``: the network a plain state dict was trained
+    as."""
+    parser = ConfigParser()
+    parser.read_meta(str(bundle / "configs" / "metadata.json"))
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update({"bundle_root": str(bundle), **settings})
+    return parser.get_parsed_content("network_spec")
+
+
+def with_spec(checkpoint: Mapping, spec: NetworkSpec) -> bytes:
+    """``model.pt`` bytes holding the weights of ``checkpoint`` under ``"model"`` and ``spec``, as training saves
+    them."""
+    buffer = io.BytesIO()
+    torch.save({"model": extract_state_dict(checkpoint), SPEC_KEY: spec.state_dict()}, buffer)
+    return buffer.getvalue()
+
+
 def fit_problem(network: nn.Module, checkpoint: Mapping, weights: Path, what: str) -> str | None:
     """Why the checkpoint ``weights`` does not load strictly into ``network`` (described as ``what``); None when
     it does."""
@@ -165,18 +180,18 @@ def fit_problem(network: nn.Module, checkpoint: Mapping, weights: Path, what: st
 
 
 def metadata_with(bundle: Path, spec: NetworkSpec) -> dict[str, bytes]:
-    """``configs/metadata.json`` with the input channels and output labels of ``spec`` in ``network_data_format``."""
+    """``configs/metadata.json`` with the input channels and output labels of ``spec`` in ``network_data_format``:
+    in the first entry of each section (the network's input and output, as MONAI Label reads them)."""
     metadata = read_json(bundle / "configs" / "metadata.json")
-    for section, entries in spec.network_data_format().items():
-        for name, values in entries.items():
-            metadata["network_data_format"][section][name].update(values)
+    for section, values in spec.network_data_format().items():
+        next(iter(metadata["network_data_format"][section].values())).update(values)
     return {"configs/metadata.json": (json.dumps(metadata, indent=4) + "\n").encode()}
 
 
 def train_config_with_spec(bundle: Path, spec: NetworkSpec, configs: Mapping[str, bytes]) -> dict[str, bytes]:
     """``configs/train.json`` (as ``configs`` already changed it, else the bundle's) training the network ``spec``
     describes on any machine: its ``network_spec`` is the spec's factory called with the saved arguments, and every
-    argument that is also a top-level id (``arch``, ``roi_size``, ``pixdim`` ...) takes the saved value. So MONAI
+    setting that is also a top-level id (``arch``, ``roi_size``, ``pixdim`` ...) takes the saved value. So MONAI
     Label's bundle trainer, which starts from the shipped ``models/model.pt``, trains that network further.
 
     Raises:
@@ -185,23 +200,13 @@ def train_config_with_spec(bundle: Path, spec: NetworkSpec, configs: Mapping[str
     name = "configs/train.json"
     config = json.loads(configs[name]) if name in configs else read_json(bundle / name)
     original = read_json(bundle / name)
-    saved = {key: value for key, value in spec.arguments.items() if key in config}
+    saved = {key: value for key, value in spec.settings.items() if key in config}
     contradictions = [f"{key}: --settings {config[key]!r}, weights {value!r}" for key, value in saved.items()
                       if config[key] != original[key] and config[key] != value]
     if contradictions:
         raise ValueError("--settings contradict the network the weights carry: " + "; ".join(contradictions))
     config.update({**saved, "network_spec": {"_target_": spec.factory, **spec.arguments}})
     return {name: (json.dumps(config, indent=4) + "\n").encode()}
-
-
-def train_json_network(bundle: Path, settings: Mapping) -> nn.Module:
-    """The network that ``configs/train.json`` trains under ``settings``: its ``network_def``, or ``method`` for a
-    pre-training bundle."""
-    parser = ConfigParser()
-    parser.read_meta(str(bundle / "configs" / "metadata.json"))
-    parser.read_config(str(bundle / "configs" / "train.json"))
-    parser.update({"bundle_root": str(bundle), **settings})
-    return parser.get_parsed_content("network_def" if "network_def" in parser else "method")
 
 
 def bundle_problems(bundle: Path, releases: Path | None = None) -> list[str]:
@@ -254,17 +259,17 @@ def package(
     spec = saved_spec(checkpoint, weights_path) if checkpoint is not None else None
     plain_weights = checkpoint is not None and spec is None
     settings = dict(WEIGHTS_SETTINGS if plain_weights and settings is None else settings or {})
-    configs = configs_with(bundle_dir, settings)
-    if spec is not None:
-        problem = fit_problem(spec.build(), checkpoint, weights_path, f"the network they carry ({spec.arguments})")
-        configs.update({**metadata_with(bundle_dir, spec), **train_config_with_spec(bundle_dir, spec, configs)})
-    elif plain_weights:
-        network = train_json_network(bundle_dir, settings)
-        problem = fit_problem(network, checkpoint, weights_path, f"the network of train.json with settings {settings}")
-    else:
-        problem = None
-    if problem:
-        raise ValueError(problem)
+    contents = configs_with(bundle_dir, settings)
+    if checkpoint is not None:
+        if spec is None:
+            spec, described = train_json_spec(bundle_dir, settings), f"the network of train.json with settings {settings}"
+        else:
+            described = f"the network they carry ({spec.arguments})"
+        problem = fit_problem(spec.build(), checkpoint, weights_path, described)
+        if problem:
+            raise ValueError(problem)
+        contents.update({**metadata_with(bundle_dir, spec), **train_config_with_spec(bundle_dir, spec, contents)})
+        contents["models/model.pt"] = with_spec(checkpoint, spec) if plain_weights else weights_path.read_bytes()
     version = read_json(bundle_dir / "configs" / "metadata.json")["version"]
     key = f"{bundle_dir.name}_v{version}"
     dist_dir = Path(dist).resolve() if dist else DEFAULT_DIST
@@ -272,7 +277,7 @@ def package(
     artifact = dist_dir / f"{key}.zip"
 
     staged = artifact.with_suffix(".zip.partial")
-    write_reproducible_zip(artifact_entries(bundle_dir, weights_path, configs), staged)
+    write_reproducible_zip(artifact_entries(bundle_dir, contents), staged)
     checksum = sha256(staged)
     if artifact.is_file() and sha256(artifact) != checksum:
         staged.unlink()

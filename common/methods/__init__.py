@@ -8,12 +8,14 @@ from common.methods.mae import MAE3D
 from common.methods.mim import MIM_GEOMETRIES, MiM, MiMGeometry, mim_geometry
 from common.methods.moco import MoCoV2
 from common.methods.spark import SparK, SparK2D, SparK3D
+from common.methods.spec import METHODS, method_spec
 from common.methods.swav import SwAV
 
 __all__ = [
     "BYOL",
     "GLMAE",
     "MAE3D",
+    "METHODS",
     "MIM_GEOMETRIES",
     "HySparK",
     "MiM",
@@ -23,5 +25,6 @@ __all__ = [
     "SparK2D",
     "SparK3D",
     "SwAV",
+    "method_spec",
     "mim_geometry",
 ]

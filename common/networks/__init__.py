@@ -17,10 +17,17 @@ from common.networks.segmentation import (
     PRETRAINING_ARCHS,
     SEGMENTATION_ARCHS,
     adapt_encoder,
+    segmentation_encoder_config,
     segmentation_network,
     segmentation_spec,
 )
-from common.networks.spec import NetworkSpec, SpecMismatchError, load_network_spec, saved_network_spec
+from common.networks.spec import (
+    NetworkSpec,
+    SpecMismatchError,
+    declared_labels,
+    load_network_spec,
+    saved_network_spec,
+)
 from common.networks.vit import MaskedViT, vit_config
 
 __all__ = [
@@ -45,9 +52,11 @@ __all__ = [
     "classification_spec",
     "convvit_config",
     "hybrid_config",
+    "declared_labels",
     "load_network_spec",
     "resnet_classifier",
     "saved_network_spec",
+    "segmentation_encoder_config",
     "segmentation_network",
     "segmentation_spec",
     "slice_classification_spec",

@@ -5,7 +5,7 @@ All three are MONAI's own networks; this module only fixes the configurations th
 * ``swin_unetr``: Swin UNETR (Hatamizadeh et al. 2022), ``feature_size`` 48 as in the BTCV fine-tuning
   of Tang et al. (CVPR 2022); the encoder HySparK / MiM transfer into.
 * ``unetr``: UNETR (Hatamizadeh et al. 2022) on a ViT-B/16 (hidden 768, MLP 3072, 12 heads, 12 layers,
-  patch 16; ``vit_config`` for other widths), ``feature_size`` 16; the encoder GL-MAE / MAE3D
+  patch 16; ``encoder_config`` for other widths), ``feature_size`` 16; the encoder GL-MAE / MAE3D
   (``glmae_pretrain``, ``mae3d_pretrain``) transfer into.
 * ``mednext``: MedNeXt (Roy et al. 2023), variant given by ``mednext_variant``; the network SparK-3D
   (``spark3d_pretrain``) pre-trains the encoder of.
@@ -26,10 +26,10 @@ from monai.networks.nets.mednext import create_mednext
 from torch import nn
 
 from common.lora import add_lora
-from common.networks.convvit import PAPER_CONVVIT, ConvViTSegmentationNet
-from common.networks.hybrid import PAPER_HYBRID, HybridSegmentationNet
+from common.networks.convvit import PAPER_CONVVIT, ConvViTSegmentationNet, convvit_config
+from common.networks.hybrid import PAPER_HYBRID, HybridSegmentationNet, hybrid_config
 from common.networks.spec import NetworkSpec
-from common.networks.vit import VIT_SIZES
+from common.networks.vit import VIT_SIZES, vit_config
 
 SEGMENTATION_ARCHS = ("swin_unetr", "unetr", "mednext", "hyspark", "mim")
 
@@ -79,6 +79,36 @@ def adapt_encoder(network: nn.Module, arch: str, lora_rank: int = 0, freeze_enco
     return add_lora(network, lora_rank, target=ENCODER_MODULES.get(arch))
 
 
+def segmentation_encoder_config(arch: str, cpu_demo_scale: bool = False) -> dict | None:
+    """Encoder sizes of ``arch`` for :func:`segmentation_network`'s ``encoder_config``: the paper's, or the small
+    ones the bundles use without a GPU.
+
+    ``hyspark``, ``mim`` and ``unetr`` share theirs with the pre-training bundles
+    (:func:`~common.networks.hybrid.hybrid_config`, :func:`~common.networks.convvit.convvit_config`,
+    :func:`~common.networks.vit.vit_config`), so a CPU demo checkpoint fine-tunes into a network of the same shape.
+
+    Args:
+        arch: one of :data:`SEGMENTATION_ARCHS`.
+        cpu_demo_scale: the CPU demo sizes instead of the paper's.
+
+    Returns:
+        The encoder's keyword arguments, or ``None`` for ``swin_unetr`` and ``mednext``, whose width is set by
+        ``feature_size`` / ``mednext_variant`` instead.
+
+    Raises:
+        ValueError: ``arch`` is not one of :data:`SEGMENTATION_ARCHS`.
+    """
+    if arch == "hyspark":
+        return hybrid_config(cpu_demo_scale)
+    if arch == "mim":
+        return convvit_config(cpu_demo_scale)
+    if arch == "unetr":
+        return vit_config(cpu_demo_scale)
+    if arch in ("swin_unetr", "mednext"):
+        return None
+    raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {SEGMENTATION_ARCHS}")
+
+
 def segmentation_network(
     arch: str = "swin_unetr",
     in_channels: int = 1,
@@ -86,9 +116,7 @@ def segmentation_network(
     roi_size: Sequence[int] = (96, 96, 96),
     feature_size: int | None = None,
     mednext_variant: str = "S",
-    hybrid_config: Mapping | None = None,
-    convvit_config: Mapping | None = None,
-    vit_config: Mapping | None = None,
+    encoder_config: Mapping | None = None,
 ) -> nn.Module:
     """Build the segmentation network named by ``arch``.
 
@@ -100,21 +128,26 @@ def segmentation_network(
         feature_size: width of Swin UNETR / UNETR / the ``mim`` decoder (paper defaults 48 / 16 / 48 when
             ``None``); MedNeXt's width is fixed by its variant (32).
         mednext_variant: MedNeXt size, ``S``, ``B``, ``M`` or ``L`` (kernel 3).
-        hybrid_config: sizes of the ``hyspark`` encoder (:func:`~common.networks.hybrid.hybrid_config`);
-            the paper's when ``None``. Must match the pre-training checkpoint.
-        convvit_config: sizes of the ``mim`` encoder (:func:`~common.networks.convvit.convvit_config`), likewise.
-        vit_config: ``hidden_size``, ``mlp_dim`` and ``num_heads`` of the ``unetr`` ViT
-            (:func:`~common.networks.vit.vit_config`; ViT-B when ``None``); it must have 12 layers, as UNETR does.
+        encoder_config: the sizes of ``arch``'s encoder (:func:`segmentation_encoder_config`): for ``hyspark``
+            :func:`~common.networks.hybrid.hybrid_config`'s, for ``mim``
+            :func:`~common.networks.convvit.convvit_config`'s, for ``unetr`` the ViT's ``hidden_size``, ``mlp_dim``
+            and ``num_heads`` (:func:`~common.networks.vit.vit_config`; its ``num_layers``, if given, must be 12,
+            as UNETR reads 12 layers); the paper's when ``None`` (ViT-B for ``unetr``). Unused by ``swin_unetr``
+            and ``mednext``. Must match the pre-training checkpoint.
 
     Returns:
         A network mapping ``(B, in_channels, *roi_size)`` to logits ``(B, out_channels, *roi_size)``.
+
+    Raises:
+        ValueError: ``arch`` is not one of :data:`SEGMENTATION_ARCHS`; a ``unetr`` ``encoder_config`` of other
+            than 12 layers.
     """
     if arch == "swin_unetr":
         return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size or 48)
     if arch == "unetr":
-        vit = dict(vit_config or VIT_SIZES["base"])
+        vit = dict(encoder_config or VIT_SIZES["base"])
         if vit.pop("num_layers", 12) != 12:
-            raise ValueError(f"UNETR reads the hidden states of a 12-layer ViT; vit_config {vit_config} has another depth")
+            raise ValueError(f"UNETR reads the hidden states of a 12-layer ViT; encoder_config {encoder_config} has another depth")
         return UNETR(
             in_channels=in_channels,
             out_channels=out_channels,
@@ -128,9 +161,9 @@ def segmentation_network(
     if arch == "mednext":
         return create_mednext(mednext_variant, spatial_dims=3, in_channels=in_channels, out_channels=out_channels)
     if arch == "hyspark":
-        return HybridSegmentationNet(in_channels, out_channels, **(hybrid_config or PAPER_HYBRID))
+        return HybridSegmentationNet(in_channels, out_channels, **(encoder_config or PAPER_HYBRID))
     if arch == "mim":
-        return ConvViTSegmentationNet(in_channels, out_channels, feature_size or 48, **(convvit_config or PAPER_CONVVIT))
+        return ConvViTSegmentationNet(in_channels, out_channels, feature_size or 48, **(encoder_config or PAPER_CONVVIT))
     raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {SEGMENTATION_ARCHS}")
 
 
@@ -141,9 +174,7 @@ def segmentation_spec(
     roi_size: Sequence[int] = (96, 96, 96),
     feature_size: int | None = None,
     mednext_variant: str = "S",
-    hybrid_config: Mapping | None = None,
-    convvit_config: Mapping | None = None,
-    vit_config: Mapping | None = None,
+    encoder_config: Mapping | None = None,
     lora_rank: int = 0,
     pixdim: Sequence[float] = (1.5, 1.5, 1.5),
 ) -> NetworkSpec:
@@ -152,8 +183,8 @@ def segmentation_spec(
 
     Args:
         channel_def: output channel index -> label (``metadata.json``'s ``channel_def``); one output per label.
-        arch, in_channels, roi_size, feature_size, mednext_variant, hybrid_config, convvit_config, vit_config:
-            :func:`segmentation_network`.
+        arch, in_channels, roi_size, feature_size, mednext_variant, encoder_config: :func:`segmentation_network`;
+            ``encoder_config`` ``None`` is the paper's sizes.
         lora_rank: rank of the LoRA adapters in the encoder (:func:`adapt_encoder`); 0 for none.
         pixdim: the voxel spacing (mm) the network was trained at, which inference resamples to.
     """
@@ -165,9 +196,7 @@ def segmentation_spec(
         "roi_size": list(roi_size),
         "feature_size": feature_size,
         "mednext_variant": mednext_variant,
-        "hybrid_config": hybrid_config,
-        "convvit_config": convvit_config,
-        "vit_config": vit_config,
+        "encoder_config": encoder_config,
     }
     arguments = {
         "channel_def": labels,

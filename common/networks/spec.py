@@ -1,6 +1,6 @@
 """What a checkpoint needs to rebuild its network on any machine, saved next to the weights.
 
-A downstream bundle's ``model.pt`` and training checkpoints hold, besides ``"model"`` (the state dict),
+Every bundle's ``model.pt`` and training checkpoints hold, besides ``"model"`` (the state dict),
 ``"network_spec"``: the name of a spec factory (e.g. :func:`common.networks.segmentation_spec`) and the keyword
 arguments it was called with, all plain values::
 
@@ -12,11 +12,13 @@ Calling the factory again gives the same :class:`NetworkSpec`: the network (arch
 input channels and output labels, and the preprocessing inference must apply. A task with other labels or input
 channels (any MSD task) only passes other arguments; the format stays. Inference builds its network from the
 checkpoint (:func:`load_network_spec`), whatever the machine; a setting given there that contradicts the
-checkpoint is an error naming both values.
+checkpoint is an error naming both values. A pre-training bundle saves its method the same way
+(:func:`common.methods.method_spec`).
 """
 
 from __future__ import annotations
 
+import json
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +48,8 @@ class NetworkSpec:
         network: builds the network without adapters (pre-trained weights load into it).
         adapters: adds the adapters (LoRA) the saved network has; identity without.
         preprocessing: the settings the inference transforms apply (e.g. ``pixdim``).
+        settings: the arguments and preprocessing by the top-level config ids a bundle gives them (``arch``,
+            ``roi_size``, ``pixdim`` ...): what a command-line setting is checked against. Default: ``arguments``.
     """
 
     factory: str
@@ -53,6 +57,11 @@ class NetworkSpec:
     network: Callable[[], nn.Module]
     adapters: Callable[[nn.Module], nn.Module] = lambda network: network
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.settings is None:
+            self.settings = self.arguments
 
     @property
     def channel_def(self) -> dict[str, str]:
@@ -90,11 +99,12 @@ class NetworkSpec:
             )
 
     def network_data_format(self) -> dict[str, Any]:
-        """The ``network_data_format`` entries of ``metadata.json`` this spec decides: input channels, output labels."""
-        return {
-            "inputs": {"image": {"num_channels": self.in_channels}},
-            "outputs": {"pred": {"num_channels": len(self.channel_def), "channel_def": dict(self.channel_def)}},
-        }
+        """What this spec decides of the ``network_data_format`` of ``metadata.json``, by section: the input's
+        channels, and the output's labels where the network has them (a pre-training method has none)."""
+        entries = {"inputs": {"num_channels": self.in_channels}}
+        if "channel_def" in self.arguments:
+            entries["outputs"] = {"num_channels": len(self.channel_def), "channel_def": dict(self.channel_def)}
+        return entries
 
 
 def spec_from_state(state: Mapping[str, Any], source: str) -> NetworkSpec:
@@ -152,29 +162,59 @@ def saved_network_spec(path: str | Path, channel_def: Mapping | None = None) -> 
     return spec
 
 
+def declared_labels(metadata: Mapping[str, Any], bundle_root: str | Path) -> dict[str, Any]:
+    """The labels ``metadata.json`` declares, as spec arguments (``{"channel_def": ...}``): what a plain state dict
+    is loaded with.
+
+    Args:
+        metadata: the bundle's ``metadata.json`` as MONAI read it (``@_meta_``). MONAI Label parses
+            ``inference.json`` alone (``monailabel/tasks/infer/bundle.py``, ``_load_bundle_config``), where it is
+            empty: then ``<bundle_root>/configs/metadata.json`` is read.
+        bundle_root: the bundle folder.
+
+    Returns:
+        ``{"channel_def": ...}`` of the first output; empty where the metadata declares no labels.
+    """
+    if not metadata:
+        metadata = json.loads((Path(bundle_root) / "configs" / "metadata.json").read_text())
+    outputs = list(metadata.get("network_data_format", {}).get("outputs", {}).values())
+    return {"channel_def": outputs[0]["channel_def"]} if outputs and "channel_def" in outputs[0] else {}
+
+
 def load_network_spec(
-    path: str | Path, factory: str, requested: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+    path: str | Path,
+    factory: str | None,
+    requested: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
 ) -> NetworkSpec:
     """The spec of the network to load from ``path``.
 
     Args:
         path: the checkpoint (``models/model.pt``).
-        factory: dotted name of the spec factory, used when the checkpoint has no spec.
-        requested: factory arguments the user set (``None`` = not set). With a spec in the checkpoint, each set
-            one must agree with it; without (a plain state dict: a paper's release, another tool's weights, or no
-            file yet), they build the spec, the factory's defaults filling the others.
+        factory: dotted name of the spec factory for a checkpoint without a spec; None: such a checkpoint is an
+            error (a pre-training method has no plain-state-dict path).
+        requested: settings the user set, by config id (``None`` = not set; :attr:`NetworkSpec.settings`). With a
+            spec in the checkpoint, each set one must agree with it; without (a plain state dict: a paper's release,
+            another tool's weights, or no file yet), they are arguments of ``factory``, its defaults filling the
+            others.
         defaults: arguments used only without a spec in the checkpoint (e.g. the labels in ``metadata.json``).
 
     Raises:
-        SpecMismatchError: a requested argument contradicts the checkpoint, naming both values.
+        ValueError: ``path`` carries no spec and ``factory`` is None.
+        SpecMismatchError: a requested setting contradicts the checkpoint, naming both values.
     """
     given = {key: value for key, value in requested.items() if value is not None}
     state = saved_spec_state(path)
+    if state is None and factory is None:
+        raise ValueError(
+            f"{path} carries no network_spec (a plain state dict, or an older checkpoint): load weights that this"
+            " bundle's training saved, which rebuild their own network"
+        )
     if state is None:
         return locate(factory)(**{**(defaults or {}), **given})
     spec = spec_from_state(state, str(path))
     contradictions = [
-        f"--{key} {value!r} (the checkpoint has {saved!r})" for key, value, saved in _differences(given, spec.arguments)
+        f"--{key} {value!r} (the checkpoint has {saved!r})" for key, value, saved in _differences(given, spec.settings)
     ]
     if contradictions:
         raise SpecMismatchError(

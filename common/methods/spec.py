@@ -1,0 +1,67 @@
+"""What a pre-training checkpoint needs to rebuild its method on any machine.
+
+A pre-training bundle's ``model.pt`` and training checkpoints hold, besides ``"model"`` (the method's state dict),
+``"network_spec"`` (:mod:`common.networks.spec`) made by :func:`method_spec`::
+
+    {"format": 1, "factory": "common.methods.method_spec",
+     "arguments": {"method": "MiM", "in_channels": 1,
+                   "settings": {"encoder": {"embed_dims": [...], ...}, "decoder_width": 576, ...},
+                   "preprocessing": {"pixdim": [1.5, 1.5, 1.5], "window": "wide"}}}
+
+so the reconstruction export (``inference.json``) builds the trained method whatever the machine, and fine-tuning
+with ``--pretrained`` builds its encoder at the size it was pre-trained at
+(:func:`common.transfer.pretrained_encoder_config`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from common.methods.byol import BYOL
+from common.methods.glmae import GLMAE
+from common.methods.hyspark import HySparK
+from common.methods.mae import MAE3D
+from common.methods.mim import MiM
+from common.methods.moco import MoCoV2
+from common.methods.spark import SparK2D, SparK3D
+from common.methods.swav import SwAV
+from common.networks.spec import NetworkSpec
+
+FACTORY = "common.methods.method_spec"
+# The method classes by name, as :func:`method_spec` takes them.
+METHODS: dict[str, type[nn.Module]] = {
+    method.__name__: method for method in (BYOL, GLMAE, HySparK, MAE3D, MiM, MoCoV2, SparK2D, SparK3D, SwAV)
+}
+
+
+def method_spec(
+    method: str, settings: Mapping[str, Any], in_channels: int = 1, preprocessing: Mapping[str, Any] | None = None
+) -> NetworkSpec:
+    """The :class:`~common.networks.spec.NetworkSpec` of a self-supervised method: what a pre-training bundle
+    saves with its weights and rebuilds for its inference.
+
+    Args:
+        method: a method class by name (:data:`METHODS`), e.g. ``"MiM"``.
+        settings: its keyword arguments, plain values (``in_channels`` aside), e.g. MiM's ``encoder`` sizes,
+            ``decoder_width``, ``mask_ratio``.
+        in_channels: image channels the method reads.
+        preprocessing: the settings of the bundle's inference transforms that training fixed, by their config ids
+            (e.g. ``pixdim`` and ``window`` in 3D, ``image_size`` for MoCo v2 / BYOL).
+
+    Raises:
+        ValueError: ``method`` is not one of :data:`METHODS`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    method_class = METHODS[method]
+    settings, preprocessing = dict(settings), dict(preprocessing or {})
+    return NetworkSpec(
+        factory=FACTORY,
+        arguments={"method": method, "in_channels": in_channels, "settings": settings, "preprocessing": preprocessing},
+        network=lambda: method_class(in_channels=in_channels, **settings),
+        preprocessing=preprocessing,
+        settings={**settings, **preprocessing},
+    )
