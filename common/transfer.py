@@ -3,7 +3,7 @@
 :func:`load_pretrained` reads a checkpoint, finds its state dict, matches tensors to the network by
 name and shape, loads what matches and reports the rest. Later sources (self-supervised encoders,
 the papers' official checkpoints) plug in as key-renaming rules, not as new loaders.
-:func:`pretrained_encoder_config` sizes the downstream encoder as a pre-training checkpoint's network spec says.
+:func:`pretrained_encoder_setting` sizes the downstream encoder as a pre-training checkpoint's network spec says.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ POSITION_EMBEDDING = "position_embeddings"
 # Downstream architecture -> the pre-training methods whose ``encoder`` setting sizes its encoder.
 SEGMENTATION_PRETRAINING = {"hyspark": ("HySparK",), "mim": ("MiM",), "unetr": ("GLMAE", "MAE3D")}
 CLASSIFICATION_PRETRAINING = {"hyspark": ("HySparK",), "mim": ("MiM",), "vit": ("GLMAE", "MAE3D")}
+SLICE_PRETRAINING = ("SparK2D", "MoCoV2", "BYOL", "SwAV")
 
 
 @dataclass
@@ -168,23 +170,26 @@ def load_pretrained(
     return report
 
 
-def pretrained_encoder_config(
-    path: str | Path | None, default: Mapping | None, methods: Sequence[str]
-) -> Mapping | None:
-    """The encoder sizes to fine-tune with: the ``encoder`` setting a pre-training checkpoint was saved with, so the
-    encoder is built at the size it was pre-trained at whatever the machine (a CPU demo checkpoint on a GPU, a
-    paper-size one on a CPU); else ``default``, the fine-tuning bundle's.
+def pretrained_encoder_setting(
+    path: str | Path | None, default: Any, methods: Sequence[str], setting: str = "encoder"
+) -> Any:
+    """The encoder's size to fine-tune with: the setting a pre-training checkpoint's method was saved with (its
+    ``encoder`` sizes in 3D, the ResNet ``depth`` in 2D), so the encoder is built at the size it was pre-trained at
+    whatever the machine (a CPU demo checkpoint on a GPU, a paper-size one on a CPU); else ``default``, the
+    fine-tuning bundle's.
 
     Args:
         path: the pre-training checkpoint (``--pretrained``), or None.
-        default: the encoder sizes the fine-tuning bundle chooses without a pre-trained spec.
-        methods: the methods (:data:`common.methods.METHODS`) whose ``encoder`` the fine-tuned architecture takes
-            (:data:`SEGMENTATION_PRETRAINING`, :data:`CLASSIFICATION_PRETRAINING`); empty: ``default``.
+        default: the value the fine-tuning bundle chooses without a pre-trained spec.
+        methods: the methods (:data:`common.methods.METHODS`) whose encoder the fine-tuned architecture takes
+            (:data:`SEGMENTATION_PRETRAINING`, :data:`CLASSIFICATION_PRETRAINING`, :data:`SLICE_PRETRAINING`);
+            empty: ``default``.
+        setting: the method's setting that sizes its encoder.
 
     Returns:
-        The saved ``encoder`` setting, as the method was built with it (None: the paper's sizes, as downstream);
-        ``default`` without ``path``, without ``methods``, or for a checkpoint without a method spec (a plain state
-        dict, a fine-tuned network).
+        The saved setting, as the method was built with it (None: the method's default, the paper's sizes, as
+        downstream); ``default`` without ``path``, without ``methods``, or for a checkpoint without a method spec
+        (a plain state dict, a fine-tuned network).
 
     Raises:
         ValueError: the checkpoint was pre-trained by a method none of ``methods``, naming both.
@@ -198,4 +203,4 @@ def pretrained_encoder_config(
             f"--pretrained {path} was pre-trained by {arguments['method']}; this architecture fine-tunes the encoder"
             f" of {' or '.join(methods)}"
         )
-    return arguments["settings"].get("encoder")
+    return arguments["settings"].get(setting)

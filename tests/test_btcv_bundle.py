@@ -14,7 +14,7 @@ import torch
 from common.data import image_loader
 from common.methods import GLMAE, MiM, SparK3D, method_spec
 from common.networks import convvit_config, segmentation_network, vit_config
-from common.transfer import SEGMENTATION_PRETRAINING, pretrained_encoder_config
+from common.transfer import SEGMENTATION_PRETRAINING, pretrained_encoder_setting
 from module_runner import run_bundle, run_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def test_a_checkpoint_of_another_method_is_refused(tmp_path):
     spec = PRE_TRAINED_WITH_SPEC["mim"]
     torch.save({"model": spec.build().state_dict(), "network_spec": spec.state_dict()}, tmp_path / "mim.pt")
     with pytest.raises(ValueError, match="was pre-trained by MiM; this architecture fine-tunes the encoder of HySparK"):
-        pretrained_encoder_config(tmp_path / "mim.pt", None, SEGMENTATION_PRETRAINING["hyspark"])
+        pretrained_encoder_setting(tmp_path / "mim.pt", None, SEGMENTATION_PRETRAINING["hyspark"])
 
 
 def test_linear_evaluation_of_a_glmae_encoder_in_unetr_trains_the_decoder_only(tmp_path):

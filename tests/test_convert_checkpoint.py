@@ -23,7 +23,7 @@ from common.networks import (
     resnet_classifier,
     segmentation_network,
 )
-from common.transfer import load_pretrained, pretrained_encoder_config
+from common.transfer import load_pretrained, pretrained_encoder_setting
 from module_runner import run_module
 from tools.checkpoint_sources import get_source, sincos_check
 from tools.convert_checkpoint import ConversionError, convert_checkpoint, main, method_spec_of
@@ -149,7 +149,7 @@ def test_hyspark_release_converts_into_the_encoder(tmp_path, caplog):
     network = segmentation_network("hyspark", out_channels=3)
     assert_encoder_loaded(network, out, PRETRAINED_ENCODER_RENAME["hyspark"], "encoder.")
     # the release's sizes travel with it: fine-tuning builds the paper's encoder whatever the machine's default
-    assert pretrained_encoder_config(out, {"channels": [8]}, ["HySparK"]) == hybrid_config(cpu_demo_scale=False)
+    assert pretrained_encoder_setting(out, {"channels": [8]}, ["HySparK"]) == hybrid_config(cpu_demo_scale=False)
 
 
 def test_sincos_check_recognises_the_official_axis_order():

@@ -18,6 +18,7 @@ from torch import nn
 from common.data import DatalistError, slice_classification_datalist, stratified_subset
 from common.data import slice_classification
 from common.engine import HeadFirstFineTuning, save_gradcam_overlays
+from common.methods import method_spec
 from common.networks import ResNetEncoder, resnet_classifier
 from common.transfer import load_pretrained
 from common.transforms import intensity_statistics
@@ -269,22 +270,26 @@ def test_gradcam_overlays_are_written_without_touching_the_network(tmp_path):
 
 @pytest.mark.slow
 def test_bundle_fine_tunes_a_pretrained_encoder_tests_and_explains(tmp_path):
-    """``train.json`` + ``smoke.json`` on a tiny class-per-split dataset from a fake pre-training checkpoint:
-    the linear epoch leaves the encoder as loaded; test metrics reach MLflow and test_metrics.json; Grad-CAM
-    overlays; ``evaluate.json`` and ``inference.json`` reuse the model."""
+    """``train.json`` + ``smoke.json`` on a tiny class-per-split dataset from a MoCo v2 checkpoint of a ResNet-18 (as
+    ``moco2d_pretrain``'s smoke run saves it, with its method's spec): the classifier is a ResNet-18 too, the linear
+    epoch leaves the encoder as loaded; test metrics reach MLflow and test_metrics.json; Grad-CAM overlays;
+    ``evaluate.json`` and ``inference.json`` reuse the model."""
     data = tmp_path / "data"
     for label, name in enumerate(("covid", "normal")):
         for split, count in (("train", 4), ("val", 2), ("test", 2)):
             for i in range(count):
                 write_png(data / split / name / f"{split}_{name}_{i}.png", size=(40, 48), seed=100 * label + 10 * i + len(split))
     torch.manual_seed(0)
-    encoder = ResNetEncoder(depth=50)
-    torch.save({f"encoder.{k}": v for k, v in encoder.state_dict().items()}, tmp_path / "pretrained.pt")
+    spec = method_spec("MoCoV2", {"depth": 18, "hidden_features": 32, "embedding_dim": 8, "queue_size": 8})
+    method = spec.build()
+    encoder = method.encoder
+    torch.save({"model": method.state_dict(), "network_spec": spec.state_dict()}, tmp_path / "pretrained.pt")
     models, evaluation = tmp_path / "models", tmp_path / "eval"
     overrides = {"dataset_dir": data, "ckpt_dir": models, "output_dir": evaluation, "pretrained": tmp_path / "pretrained.pt",
                  "train_fraction": 0.5, "seed": 3, "image_size": 32, "run_name": "smoke"}
     run_bundle([str(CONFIGS / "train.json"), str(CONFIGS / "smoke.json")], **overrides)
 
+    assert torch.load(models / "model.pt", weights_only=True)["network_spec"]["arguments"]["depth"] == 18
     state = torch.load(models / "checkpoint_final.pt", weights_only=False)["model"]
     assert all(torch.equal(state[k], v) for k, v in encoder.state_dict().items() if "running" not in k and "tracked" not in k)
     metrics = json.loads((evaluation / "test_metrics.json").read_text())

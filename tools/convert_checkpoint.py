@@ -16,7 +16,7 @@ matching pre-training bundle, checked name by name and shape by shape against th
 ``models/model.pt`` is: the converted tensors (``encoder.*`` and whatever else corresponds) under ``"model"``, with the
 method's ``network_spec`` (:func:`common.methods.method_spec`). Downstream bundles load it with ``--pretrained OUT``
 (:func:`common.transfer.load_pretrained`), their encoder built at the release's sizes on any machine
-(:func:`common.transfer.pretrained_encoder_config`); it is not a complete pre-training state to resume from. The
+(:func:`common.transfer.pretrained_encoder_setting`); it is not a complete pre-training state to resume from. The
 method is the bundle's ``configs/train.json`` ``network_spec`` at paper scale (``cpu_demo_scale`` false); a release of
 other sizes needs ``--overrides`` of ids of that config, e.g. ``--overrides "{'depth': 18}"``.
 

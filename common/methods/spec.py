@@ -10,7 +10,7 @@ A pre-training bundle's ``model.pt`` and training checkpoints hold, besides ``"m
 
 so the reconstruction export (``inference.json``) builds the trained method whatever the machine, and fine-tuning
 with ``--pretrained`` builds its encoder at the size it was pre-trained at
-(:func:`common.transfer.pretrained_encoder_config`).
+(:func:`common.transfer.pretrained_encoder_setting`).
 """
 
 from __future__ import annotations
