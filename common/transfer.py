@@ -8,6 +8,7 @@ the papers' official checkpoints) plug in as key-renaming rules, not as new load
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from common.methods.spec import FACTORY as METHOD_SPEC_FACTORY
+from common.methods.spec import METHODS
 from common.networks.spec import saved_spec_state, spec_from_state
 from common.networks.vit import interpolate_position_embedding
 
@@ -30,7 +32,9 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Name ending of ViT position embeddings, interpolated when the token grids differ (MONAI's PatchEmbeddingBlock).
 POSITION_EMBEDDING = "position_embeddings"
 # Downstream architecture -> the pre-training methods whose ``encoder`` setting sizes its encoder.
-SEGMENTATION_PRETRAINING = {"hyspark": ("HySparK",), "mim": ("MiM",), "unetr": ("GLMAE", "MAE3D")}
+SEGMENTATION_PRETRAINING = {
+    "hyspark": ("HySparK",), "mednext": ("SparK3D",), "mim": ("MiM",), "unetr": ("GLMAE", "MAE3D"),
+}
 CLASSIFICATION_PRETRAINING = {"hyspark": ("HySparK",), "mim": ("MiM",), "vit": ("GLMAE", "MAE3D")}
 SLICE_PRETRAINING = ("SparK2D", "MoCoV2", "BYOL", "SwAV")
 
@@ -187,9 +191,9 @@ def pretrained_encoder_setting(
         setting: the method's setting that sizes its encoder.
 
     Returns:
-        The saved setting, as the method was built with it (None: the method's default, the paper's sizes, as
-        downstream); ``default`` without ``path``, without ``methods``, or for a checkpoint without a method spec
-        (a plain state dict, a fine-tuned network).
+        The saved setting, or the method's default where it was not given (the paper's sizes); ``default`` without
+        ``path``, without ``methods``, for a checkpoint without a method spec (a plain state dict, a fine-tuned
+        network), or for a method without that setting (SparK-3D's MedNeXt has none: its ``variant`` sizes it).
 
     Raises:
         ValueError: the checkpoint was pre-trained by a method none of ``methods``, naming both.
@@ -203,4 +207,7 @@ def pretrained_encoder_setting(
             f"--pretrained {path} was pre-trained by {arguments['method']}; this architecture fine-tunes the encoder"
             f" of {' or '.join(methods)}"
         )
-    return arguments["settings"].get(setting)
+    if setting in arguments["settings"]:
+        return arguments["settings"][setting]
+    parameter = inspect.signature(METHODS[arguments["method"]]).parameters.get(setting)
+    return parameter.default if parameter is not None else default

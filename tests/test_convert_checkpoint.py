@@ -25,8 +25,9 @@ from common.networks import (
 )
 from common.transfer import load_pretrained, pretrained_encoder_setting
 from module_runner import run_module
-from tools.checkpoint_sources import get_source, sincos_check
-from tools.convert_checkpoint import ConversionError, convert_checkpoint, main, method_spec_of
+from tools.checkpoint_sources import sincos_check
+from tools.convert_checkpoint import BUNDLES_DIR, PINNED_CONFIG, ConversionError, convert_checkpoint, main
+from tools.package import train_json_spec
 
 UNUSED = ".norm_cross_attn."  # MONAI TransformerBlock's unused cross-attention norm
 
@@ -142,7 +143,7 @@ def test_hyspark_release_converts_into_the_encoder(tmp_path, caplog):
     assert_values_carried(release, converted, report)
     assert "mae.pos_embed: differs" in caplog.text  # random values, not a sin-cos code
 
-    method = method_spec_of(get_source("hyspark"), {"decoder_width": 96}).build()
+    method = train_json_spec(BUNDLES_DIR / "hyspark_pretrain", {"decoder_width": 96}, PINNED_CONFIG).build()
     result = method.load_state_dict(converted, strict=False)
     assert not result.unexpected_keys
     assert all(not n.startswith("encoder.") or UNUSED in n for n in result.missing_keys)
@@ -319,8 +320,9 @@ def test_a_release_of_other_sizes_is_refused_with_the_shapes(tmp_path):
 def test_unknown_source_and_override_are_named(tmp_path):
     with pytest.raises(ValueError, match="unknown --source 'simclr'; choose one of hyspark, mim, glmae"):
         convert_checkpoint("simclr", tmp_path / "in.pth", tmp_path / "out.pt")
+    torch.save(hyspark_release(), tmp_path / "hyspark.pth")
     with pytest.raises(ValueError, match="'vit_depth' is not an id of .*hyspark_pretrain"):
-        method_spec_of(get_source("hyspark"), {"vit_depth": 2})
+        convert_checkpoint("hyspark", tmp_path / "hyspark.pth", tmp_path / "out.pt", overrides={"vit_depth": 2})
 
 
 def test_command_line_converts_and_never_overwrites(tmp_path, repo_root):

@@ -139,12 +139,14 @@ def test_pre_trained_vit_transfers_into_unetr_with_interpolated_position_embeddi
 
 
 def test_linear_evaluation_freezes_the_encoder_only():
-    network = adapt_encoder(segmentation_network("unetr", out_channels=3, roi_size=(32,) * 3, encoder_config=TINY_VIT), "unetr", freeze_encoder=True)
+    unetr = segmentation_network("unetr", out_channels=3, roi_size=(32,) * 3, encoder_config=TINY_VIT)
+    network = adapt_encoder(unetr, "unetr", freeze_encoder=True)
     frozen = {name for name, p in network.named_parameters() if not p.requires_grad}
     assert frozen == {name for name, _ in network.named_parameters() if name.startswith("vit.")}
     assert any(p.requires_grad for p in network.parameters())
     with pytest.raises(ValueError, match="not both"):
-        adapt_encoder(segmentation_network("unetr", out_channels=3, roi_size=(32,) * 3, encoder_config=TINY_VIT), "unetr", 4, True)
+        unetr = segmentation_network("unetr", out_channels=3, roi_size=(32,) * 3, encoder_config=TINY_VIT)
+        adapt_encoder(unetr, "unetr", 4, True)
     with pytest.raises(ValueError, match="12-layer"):
         segmentation_network("unetr", encoder_config=TINY_VIT | {"num_layers": 4})
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common.methods import MiM
+from common.methods import MiM, method_spec
 from common.networks import PRETRAINING_ARCHS, convvit_config
 from tools.label_efficiency import BUNDLE, bundle_parser, label_efficiency, markdown_report, plot, study_methods
 from tools.study import aggregate, checked_fractions, checked_seeds
@@ -71,14 +71,19 @@ def test_fractions_and_seeds_accept_command_line_forms():
         checked_seeds(0.5)
 
 
-def test_methods_scratch_defaults_to_checkpoint_archs(tmp_path):
-    for name in ("mim_pretrain", "hyspark_pretrain"):
-        (tmp_path / f"{name}.pt").touch()
+def test_methods_scratch_defaults_to_checkpoint_archs_and_sizes(tmp_path):
+    """A scratch arm's encoder has the sizes the pre-trained checkpoint of its arch carries (MiM here); without a
+    spec (a plain state dict, HySparK here) the bundle's own sizes apply to both arms."""
+    encoder = {"widths": [6, 6, 12, 12], "depths": [1, 1, 1, 1], "num_heads": 2}
+    spec = method_spec("MiM", {"encoder": encoder, "decoder_width": 12})
+    torch.save({"model": {}, "network_spec": spec.state_dict()}, tmp_path / "mim_pretrain.pt")
+    torch.save({}, tmp_path / "hyspark_pretrain.pt")
     entries = f"mim_pretrain={tmp_path / 'mim_pretrain.pt'},hyspark_pretrain={tmp_path / 'hyspark_pretrain.pt'}"
     methods = study_methods(entries, None)
     assert [(m.label, m.arch) for m in methods] == [
         ("scratch (mim)", "mim"), ("scratch (hyspark)", "hyspark"),
         ("mim_pretrain", "mim"), ("hyspark_pretrain", "hyspark")]
+    assert [m.settings for m in methods] == [{"encoder_config": encoder}, {}, {}, {}]
     assert [m.label for m in study_methods(entries, ())] == ["mim_pretrain", "hyspark_pretrain"]
     assert [m.pretrained for m in study_methods((), "swin_unetr,swin_unetr")] == [None]
 

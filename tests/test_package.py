@@ -43,18 +43,13 @@ def set_version(bundle: Path, version: str) -> None:
 
 def network_weights(bundle: Path, path: Path, settings: dict, *overlays: str) -> Path:
     """Random weights saved to ``path`` as training ``train.json`` merged with the ``overlays`` (e.g. ``smoke.json``)
-    under ``settings`` saves them: with their network spec where the config has one, else the state dict of its
-    ``network_def`` (or ``method_def`` for a pre-training bundle)."""
+    under ``settings`` saves them, with their network spec."""
     parser = ConfigParser()
     parser.read_meta(str(bundle / "configs" / "metadata.json"))
     parser.read_config([str(bundle / "configs" / name) for name in ("train.json", *overlays)])
     parser.update({"bundle_root": str(bundle), **settings})
-    if "network_spec" in parser:
-        spec = parser.get_parsed_content("network_spec")
-        torch.save({"model": spec.build().state_dict(), SPEC_KEY: spec.state_dict()}, path)
-    else:
-        network = parser.get_parsed_content("network_def" if "network_def" in parser else "method_def")
-        torch.save(network.state_dict(), path)
+    spec = parser.get_parsed_content("network_spec")
+    torch.save({"model": spec.build().state_dict(), SPEC_KEY: spec.state_dict()}, path)
     return path
 
 
@@ -219,6 +214,18 @@ def test_plain_weights_get_the_network_of_the_settings(tmp_path):
         train = json.loads(archive.read("mim_pretrain/configs/train.json"))
     assert shipped[SPEC_KEY] == trained[SPEC_KEY] and shipped["model"].keys() == trained["model"].keys()
     assert train["cpu_demo_scale"] is True and train["network_spec"]["method"] == "MiM"
+
+
+def test_the_artifact_trains_at_the_scale_of_its_weights(tmp_path):
+    """GL-MAE weights of a CPU demo run: the spec fixes the ViT and its 48^3 grid, whose config ids (``vit_config``,
+    ``local_size``) are not the spec's; the artifact's train.json gets ``cpu_demo_scale`` true, the one scale that
+    builds that method, so its crops fit it on any machine."""
+    bundle = copy_bundle("glmae_pretrain", tmp_path / "src")
+    weights = network_weights(bundle, tmp_path / "demo.pt", {"cpu_demo_scale": True})
+    artifact = package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json")
+    with zipfile.ZipFile(artifact) as archive:
+        train = json.loads(archive.read("glmae_pretrain/configs/train.json"))
+    assert train["cpu_demo_scale"] is True and train["network_spec"]["method"] == "GLMAE"
 
 
 def test_cli_exits_with_the_reason(bundle, tmp_path, monkeypatch, capsys):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from common.methods import method_spec
 from common.networks import ResNetEncoder
 from tools.reduction import (
     BUNDLE,
@@ -173,12 +174,16 @@ def test_results_written_csv_markdown_and_a_band_per_method(tmp_path):
 
 
 def test_methods_scratch_first_unless_left_out(tmp_path):
-    (tmp_path / "spark.pt").touch()
-    (tmp_path / "byol.pt").touch()
+    """The scratch ResNet has the depth the pre-trained checkpoints carry (BYOL's spec here; SparK's is a plain
+    state dict)."""
+    torch.save({}, tmp_path / "spark.pt")
+    spec = method_spec("BYOL", {"depth": 18, "hidden_features": 32, "projection_dim": 8})
+    torch.save({"model": {}, "network_spec": spec.state_dict()}, tmp_path / "byol.pt")
     entries = f"byol2d_pretrain={tmp_path / 'byol.pt'},spark2d_pretrain={tmp_path / 'spark.pt'}"
     assert [(m.label, m.pretrained) for m in study_methods(entries)] == [
         ("scratch", None), ("byol2d_pretrain", str(tmp_path / "byol.pt")),
         ("spark2d_pretrain", str(tmp_path / "spark.pt"))]
+    assert study_methods(entries)[0].settings == {"network_spec#depth": 18}
     assert [m.label for m in study_methods(entries, no_scratch=True)] == ["byol2d_pretrain", "spark2d_pretrain"]
     assert all(m.arch is None for m in study_methods(entries))  # one network: ResNet-50
     with pytest.raises(ValueError, match="known: " + ", ".join(sorted(PRETRAINING_BUNDLES))):

@@ -44,7 +44,7 @@ def test_training_writes_checkpoints_snapshots_and_the_mlflow_run(trained):
 
 def test_inference_exports_one_png_per_slice(trained, tmp_path):
     out = tmp_path / "reconstructions"
-    run_bundle(configs(BUNDLE, "inference.json"), pretrained=trained["models"] / "model.pt", decoder_width=32,
+    run_bundle(configs(BUNDLE, "inference.json"), pretrained=trained["models"] / "model.pt",
                max_slices=2, output_dir=out)
     pngs = sorted(out.glob("*.png"))
     assert [p.name for p in pngs] == ["case_000_0000.png", "case_000_0001.png"]

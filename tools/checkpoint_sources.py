@@ -103,7 +103,7 @@ class Source:
 
     Args:
         name: the ``--source`` name.
-        bundle: the pre-training bundle whose ``method_def`` (``configs/train.json``) the weights convert into.
+        bundle: the pre-training bundle whose ``network_spec`` (``configs/train.json``) the weights convert into.
         layout: one line on the released file.
         rules: renaming rules, tried in order.
         dropped: release tensors left out by design.

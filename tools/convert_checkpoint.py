@@ -81,11 +81,11 @@ from pathlib import Path
 
 import fire
 import torch
-from monai.bundle import ConfigParser
 
-from common.networks.spec import SPEC_KEY, NetworkSpec
+from common.networks.spec import SPEC_KEY
 from common.transfer import STATE_DICT_KEYS, extract_state_dict
 from tools.checkpoint_sources import Source, get_source
+from tools.package import train_json_spec
 
 logger = logging.getLogger(__name__)
 
@@ -212,26 +212,6 @@ def release_state(checkpoint: object, source: Source, path: str | Path) -> dict[
     return state
 
 
-def method_spec_of(source: Source, overrides: Mapping | None = None) -> NetworkSpec:
-    """The method of ``source.bundle``: its ``configs/train.json`` ``network_spec`` with :data:`PINNED_CONFIG` and
-    ``overrides`` (config id -> value, e.g. ``{"depth": 18}``) applied.
-
-    Raises:
-        ValueError: an override names no id of the config.
-    """
-    config = BUNDLES_DIR / source.bundle / "configs" / "train.json"
-    parser = ConfigParser()
-    parser.read_config(config)
-    for key, value in PINNED_CONFIG.items():
-        if key in parser:
-            parser[key] = value
-    for key, value in (overrides or {}).items():
-        if key not in parser:
-            raise ValueError(f"--overrides: {key!r} is not an id of {config}")
-        parser[key] = value
-    return parser.get_parsed_content("network_spec")
-
-
 def convert_state(
     source: Source, release: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], method: str
 ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
@@ -311,7 +291,8 @@ def convert_checkpoint(
         output_path: where to write the converted checkpoint (parent folders are created).
         allow_partial: write even when tensors are unexpected, mismatched or missing (the report lists them).
         trust_pickle: read a file holding pickled Python objects (``weights_only=False``); only for trusted files.
-        overrides: config ids of the bundle's ``train.json`` -> values, for a method of other sizes.
+        overrides: config ids of the bundle's ``train.json`` -> values, for a method of other sizes
+            (:func:`tools.package.train_json_spec`; :data:`PINNED_CONFIG` first).
         overwrite: replace an existing ``output_path``.
 
     Returns:
@@ -329,7 +310,7 @@ def convert_checkpoint(
     if output_path.exists() and not overwrite:
         raise FileExistsError(f"{output_path} exists; pass --overwrite to replace it")
     release = release_state(load_release(input_path, trust_pickle), layout, input_path)
-    method_spec = method_spec_of(layout, overrides)
+    method_spec = train_json_spec(BUNDLES_DIR / layout.bundle, overrides or {}, PINNED_CONFIG)
     method = method_spec.build()
     converted, report = convert_state(layout, release, method.state_dict(), type(method).__name__)
     logger.info("%s: %s", input_path, report.summary())

@@ -52,6 +52,7 @@ from monai.bundle import ConfigParser
 
 from common.engine import tracking_uri
 from common.networks import PRETRAINING_ARCHS, SEGMENTATION_ARCHS
+from common.transfer import SEGMENTATION_PRETRAINING, pretrained_encoder_setting
 from tools.study import (
     Bundle,
     Method,
@@ -85,7 +86,9 @@ MANAGED_KEYS = ("arch", "pretrained", "train_fraction", "seed", "ckpt_dir", "out
 
 
 def scratch_methods(scratch_archs, pretrained: Sequence[Method]) -> list[Method]:
-    """Methods trained from scratch: ``scratch_archs``, by default the archs of the ``pretrained`` methods.
+    """Methods trained from scratch: ``scratch_archs``, by default the archs of the ``pretrained`` methods. A
+    scratch network's encoder has the sizes of the first pre-trained network of its arch whose checkpoint carries
+    them (:func:`common.transfer.pretrained_encoder_setting`), so both arms compare the same network.
 
     Raises:
         ValueError: an arch ``btcv_segmentation`` does not know.
@@ -94,7 +97,20 @@ def scratch_methods(scratch_archs, pretrained: Sequence[Method]) -> list[Method]
     unknown = [arch for arch in archs if arch not in SEGMENTATION_ARCHS]
     if unknown:
         raise ValueError(f"unknown scratch arch {unknown[0]!r}; choose from {', '.join(SEGMENTATION_ARCHS)}")
-    return [Method(f"scratch ({arch})", arch=arch) for arch in dict.fromkeys(archs)]
+    return [Method(f"scratch ({arch})", arch=arch, settings=pretrained_sizes(arch, pretrained))
+            for arch in dict.fromkeys(archs)]
+
+
+def pretrained_sizes(arch: str, pretrained: Sequence[Method]) -> dict:
+    """``{"encoder_config": ...}`` of the first of ``pretrained`` of ``arch`` whose checkpoint carries its encoder's
+    sizes; empty when none does (the bundle's own sizes then apply to every arm). Differing sizes among them are
+    logged."""
+    methods = SEGMENTATION_PRETRAINING.get(arch, ())
+    sizes = [pretrained_encoder_setting(m.pretrained, None, methods) for m in pretrained if m.arch == arch]
+    sizes = [size for size in sizes if size is not None]
+    if any(size != sizes[0] for size in sizes):
+        logger.warning("the %s checkpoints' encoders differ in size; scratch (%s) takes %s", arch, arch, sizes[0])
+    return {"encoder_config": sizes[0]} if sizes else {}
 
 
 def study_methods(checkpoints, scratch_archs) -> list[Method]:

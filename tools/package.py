@@ -5,7 +5,7 @@
     python -m tools.package bundles/btcv_segmentation                                  # configs and docs only
     python -m tools.package bundles/btcv_segmentation --weights bundles/btcv_segmentation/models/model.pt
     python -m tools.package bundles/mim_pretrain --dist /releases --source_url https://example.org/releases
-    python -m tools.package bundles/mim_pretrain --weights model.pt --settings "{'cpu_demo_scale': True}"
+    python -m tools.package bundles/mim_pretrain --weights state_dict.pt --settings "{'cpu_demo_scale': True}"
 
 writes ``<dist>/<name>_v<version>.zip`` (``dist/`` of the repository unless ``--dist`` names another) holding one
 top-level folder ``<name>/``::
@@ -54,7 +54,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
-from common.networks.spec import SPEC_KEY, NetworkSpec, spec_from_state
+from common.networks.spec import SPEC_KEY, NetworkSpec, plain_values, spec_from_state
 from common.transfer import STATE_DICT_KEYS, extract_state_dict
 from tools.releases import bundle_files, fingerprint, record_release, release_problems
 from tools.verify import check_configs, check_files, check_metadata, read_json
@@ -151,13 +151,27 @@ def saved_spec(checkpoint: Mapping, weights: Path) -> NetworkSpec | None:
     return spec_from_state(checkpoint[SPEC_KEY], str(weights)) if SPEC_KEY in checkpoint else None
 
 
-def train_json_spec(bundle: Path, settings: Mapping) -> NetworkSpec:
+def train_json_spec(bundle: Path, settings: Mapping, pinned: Mapping | None = None) -> NetworkSpec:
     """The ``network_spec`` of ``configs/train.json`` under ``settings``: the network a plain state dict was trained
-    as."""
+    as.
+
+    Args:
+        bundle: the bundle folder.
+        settings: top-level config ids -> values.
+        pinned: values for the ids among them that the config defines (e.g. ``epoch_length``, so that no data set
+            is read for a setting that depends on it).
+
+    Raises:
+        ValueError: a setting names no id of the config.
+    """
+    config = bundle / "configs" / "train.json"
     parser = ConfigParser()
     parser.read_meta(str(bundle / "configs" / "metadata.json"))
-    parser.read_config(str(bundle / "configs" / "train.json"))
-    parser.update({"bundle_root": str(bundle), **settings})
+    parser.read_config(str(config))
+    unknown = [key for key in settings if key not in parser]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not an id of {config}")
+    parser.update({"bundle_root": str(bundle), **{k: v for k, v in (pinned or {}).items() if k in parser}, **settings})
     return parser.get_parsed_content("network_spec")
 
 
@@ -191,8 +205,11 @@ def metadata_with(bundle: Path, spec: NetworkSpec) -> dict[str, bytes]:
 def train_config_with_spec(bundle: Path, spec: NetworkSpec, configs: Mapping[str, bytes]) -> dict[str, bytes]:
     """``configs/train.json`` (as ``configs`` already changed it, else the bundle's) training the network ``spec``
     describes on any machine: its ``network_spec`` is the spec's factory called with the saved arguments, and every
-    setting that is also a top-level id (``arch``, ``roi_size``, ``pixdim`` ...) takes the saved value. So MONAI
-    Label's bundle trainer, which starts from the shipped ``models/model.pt``, trains that network further.
+    setting that is also a top-level id (``arch``, ``roi_size``, ``pixdim`` ...) takes the saved value. Where
+    ``--settings`` leave ``cpu_demo_scale`` open and only one value of it makes ``train.json`` build that very network,
+    it is set too, so the training defaults that go with the network (crop sizes, e.g. GL-MAE's local views, whose ids
+    are not the spec's) are those of its scale on any machine. So MONAI Label's bundle trainer, which starts from the
+    shipped ``models/model.pt``, trains that network further.
 
     Raises:
         ValueError: ``configs`` (the ``--settings``) already set one of those ids to another value.
@@ -205,6 +222,10 @@ def train_config_with_spec(bundle: Path, spec: NetworkSpec, configs: Mapping[str
                       if config[key] != original[key] and config[key] != value]
     if contradictions:
         raise ValueError("--settings contradict the network the weights carry: " + "; ".join(contradictions))
+    if "cpu_demo_scale" in config and config["cpu_demo_scale"] == original["cpu_demo_scale"]:
+        builds_it = [scale for scale in (False, True) if plain_values(spec.arguments) == plain_values(
+            train_json_spec(bundle, {**saved, "cpu_demo_scale": scale}).arguments)]
+        config.update({"cpu_demo_scale": builds_it[0]} if len(builds_it) == 1 else {})
     config.update({**saved, "network_spec": {"_target_": spec.factory, **spec.arguments}})
     return {name: (json.dumps(config, indent=4) + "\n").encode()}
 
@@ -262,7 +283,8 @@ def package(
     contents = configs_with(bundle_dir, settings)
     if checkpoint is not None:
         if spec is None:
-            spec, described = train_json_spec(bundle_dir, settings), f"the network of train.json with settings {settings}"
+            spec = train_json_spec(bundle_dir, settings)
+            described = f"the network of train.json with settings {settings}"
         else:
             described = f"the network they carry ({spec.arguments})"
         problem = fit_problem(spec.build(), checkpoint, weights_path, described)

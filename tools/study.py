@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -40,11 +40,14 @@ class Method:
         label: the method's name in tables, plots and the MLflow param ``method``.
         pretrained: the checkpoint to fine-tune from, ``None`` to train from scratch.
         arch: the bundle's ``arch`` override; ``None`` for a bundle with a single network.
+        settings: config ids -> values for this method's runs, e.g. a scratch network's encoder sizes: those of
+            the pre-trained networks it is compared with, whose checkpoints size theirs.
     """
 
     label: str
     pretrained: str | None = None
     arch: str | None = None
+    settings: Mapping = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,7 @@ def run_params(run: PlannedRun, output_dir: Path) -> dict[str, object]:
         "hyper_parameters#method": run.method.label,
         "hyper_parameters#study": str(output_dir),
     }
-    return params | ({"arch": run.method.arch} if run.method.arch is not None else {})
+    return params | dict(run.method.settings) | ({"arch": run.method.arch} if run.method.arch is not None else {})
 
 
 def train_runs(runs: Sequence[PlannedRun], fine_tune: Callable[[PlannedRun], None], done: Container[RunKey]) -> None:

@@ -5,7 +5,7 @@ A pre-training bundle's ``model.pt`` and training checkpoints hold, besides ``"m
 
     {"format": 1, "factory": "common.methods.method_spec",
      "arguments": {"method": "MiM", "in_channels": 1,
-                   "settings": {"encoder": {"embed_dims": [...], ...}, "decoder_width": 576, ...},
+                   "settings": {"encoder": {"widths": [...], "depths": [...], "num_heads": 12}, ...},
                    "preprocessing": {"pixdim": [1.5, 1.5, 1.5], "window": "wide"}}}
 
 so the reconstruction export (``inference.json``) builds the trained method whatever the machine, and fine-tuning
@@ -35,6 +35,9 @@ FACTORY = "common.methods.method_spec"
 METHODS: dict[str, type[nn.Module]] = {
     method.__name__: method for method in (BYOL, GLMAE, HySparK, MAE3D, MiM, MoCoV2, SparK2D, SparK3D, SwAV)
 }
+# Settings that choose how a method computes, not what it is (the same weights, the same numbers): used to build it,
+# not saved, so a rebuilt method takes its default (``sparse_backend`` ``auto``: ``spconv`` on CUDA, ``masked`` else).
+RUNTIME_SETTINGS = ("sparse_backend",)
 
 
 def method_spec(
@@ -46,22 +49,27 @@ def method_spec(
     Args:
         method: a method class by name (:data:`METHODS`), e.g. ``"MiM"``.
         settings: its keyword arguments, plain values (``in_channels`` aside), e.g. MiM's ``encoder`` sizes,
-            ``decoder_width``, ``mask_ratio``.
+            ``decoder_width``, ``mask_ratio``; those of :data:`RUNTIME_SETTINGS` build it but are not saved.
         in_channels: image channels the method reads.
         preprocessing: the settings of the bundle's inference transforms that training fixed, by their config ids
             (e.g. ``pixdim`` and ``window`` in 3D, ``image_size`` for MoCo v2 / BYOL).
+
+    Returns:
+        The spec: ``network()`` builds the method; its ``arguments`` (what a checkpoint saves) and ``settings`` (what
+        a command-line setting is checked against) leave out :data:`RUNTIME_SETTINGS`.
 
     Raises:
         ValueError: ``method`` is not one of :data:`METHODS`.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    method_class = METHODS[method]
-    settings, preprocessing = dict(settings), dict(preprocessing or {})
+    method_class, built_with = METHODS[method], dict(settings)
+    saved = {key: value for key, value in built_with.items() if key not in RUNTIME_SETTINGS}
+    preprocessing = dict(preprocessing or {})
     return NetworkSpec(
         factory=FACTORY,
-        arguments={"method": method, "in_channels": in_channels, "settings": settings, "preprocessing": preprocessing},
-        network=lambda: method_class(in_channels=in_channels, **settings),
+        arguments={"method": method, "in_channels": in_channels, "settings": saved, "preprocessing": preprocessing},
+        network=lambda: method_class(in_channels=in_channels, **built_with),
         preprocessing=preprocessing,
-        settings={**settings, **preprocessing},
+        settings={**saved, **preprocessing},
     )

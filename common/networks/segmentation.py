@@ -147,7 +147,9 @@ def segmentation_network(
     if arch == "unetr":
         vit = dict(encoder_config or VIT_SIZES["base"])
         if vit.pop("num_layers", 12) != 12:
-            raise ValueError(f"UNETR reads the hidden states of a 12-layer ViT; encoder_config {encoder_config} has another depth")
+            raise ValueError(
+                f"UNETR reads the hidden states of a 12-layer ViT; encoder_config {encoder_config} has another depth"
+            )
         return UNETR(
             in_channels=in_channels,
             out_channels=out_channels,
@@ -163,7 +165,8 @@ def segmentation_network(
     if arch == "hyspark":
         return HybridSegmentationNet(in_channels, out_channels, **(encoder_config or PAPER_HYBRID))
     if arch == "mim":
-        return ConvViTSegmentationNet(in_channels, out_channels, feature_size or 48, **(encoder_config or PAPER_CONVVIT))
+        convvit = encoder_config or PAPER_CONVVIT
+        return ConvViTSegmentationNet(in_channels, out_channels, feature_size or 48, **convvit)
     raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {SEGMENTATION_ARCHS}")
 
 

@@ -124,7 +124,7 @@ def _check_format(state: Mapping[str, Any], source: str) -> None:
             f"{source} holds network_spec format {state.get('format')!r}; this code reads {FORMAT_VERSION}"
         )
     if not str(state.get("factory", "")).startswith("common."):
-        raise ValueError(f"{source} names network factory {state.get('factory')!r}, not one of common.networks")
+        raise ValueError(f"{source} names network factory {state.get('factory')!r}, not a factory of common")
 
 
 def saved_spec_state(path: str | Path) -> Mapping[str, Any] | None:
@@ -157,8 +157,10 @@ def saved_network_spec(path: str | Path, channel_def: Mapping | None = None) -> 
             " preprocessing from the checkpoint, so evaluate weights that this bundle's training saved"
         )
     spec = spec_from_state(state, str(path))
-    if channel_def is not None and _plain(channel_def) != spec.channel_def:
-        raise SpecMismatchError(f"the data's labels {_plain(channel_def)} are not the network's {spec.channel_def} ({path})")
+    if channel_def is not None and plain_values(channel_def) != spec.channel_def:
+        raise SpecMismatchError(
+            f"the data's labels {plain_values(channel_def)} are not the network's {spec.channel_def} ({path})"
+        )
     return spec
 
 
@@ -207,8 +209,10 @@ def load_network_spec(
     state = saved_spec_state(path)
     if state is None and factory is None:
         raise ValueError(
-            f"{path} carries no network_spec (a plain state dict, or an older checkpoint): load weights that this"
-            " bundle's training saved, which rebuild their own network"
+            f"{path} carries no network_spec (a plain state dict, or a checkpoint of an earlier version): load weights"
+            " that this bundle's training saved, which rebuild their own network, or give these their spec with"
+            " python -m tools.package bundles/<name> --weights <file> --settings \"{'cpu_demo_scale': ...}\" (the"
+            " settings they were trained with): the artifact's models/model.pt carries it"
         )
     if state is None:
         return locate(factory)(**{**(defaults or {}), **given})
@@ -226,15 +230,15 @@ def load_network_spec(
 
 def _differences(given: Mapping[str, Any], saved: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """``(key, given value, saved value)`` of each key of ``given`` whose value is not the saved one, both as
-    :func:`_plain` values."""
-    pairs = ((key, _plain(value), _plain(saved.get(key))) for key, value in given.items())
+    :func:`plain_values` values."""
+    pairs = ((key, plain_values(value), plain_values(saved.get(key))) for key, value in given.items())
     return [(key, value, saved_value) for key, value, saved_value in pairs if value != saved_value]
 
 
-def _plain(value: Any) -> Any:
+def plain_values(value: Any) -> Any:
     """``value`` with tuples as lists and mapping keys as strings, so a saved and a given setting compare equal."""
     if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): plain_values(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain_values(item) for item in value]
     return value
