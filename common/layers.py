@@ -6,7 +6,6 @@ import functools
 from collections.abc import Sequence
 
 import torch
-from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import nn
 
 
@@ -38,15 +37,41 @@ def depthwise_conv_input(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     return x
 
 
+SINCOS_TEMPERATURE = 10000.0
+SINCOS_AXIS_ORDER = (1, 0, 2)  # MONAI's order of the grid axes' codes: (w, h) in 2D, (w, h, d) in 3D
+
+
 @functools.lru_cache(maxsize=32)
 def _sincos(grid: tuple[int, ...], width: int, device: torch.device) -> torch.Tensor:
-    return build_sincos_position_embedding(list(grid), width, spatial_dims=len(grid)).detach()[0].to(device)
+    """MONAI's ``build_sincos_position_embedding(grid, width, len(grid))[0]``, the same values, built without its
+    ``torch.meshgrid`` call that passes no ``indexing`` (a warning at every run).
+
+    Args:
+        grid: the 2 or 3 grid sizes; cells in raster order, the last axis fastest (``indexing="ij"``).
+        width: the embedding width, divisible by 2 x ``len(grid)``.
+        device: where the embedding is returned.
+
+    Returns:
+        ``(L, width)`` for the ``L`` cells: per axis in :data:`SINCOS_AXIS_ORDER`, ``width / (2 len(grid))`` sines
+        then as many cosines of the cell's coordinate times ``SINCOS_TEMPERATURE ** (-k / (width / (2 len(grid))))``.
+    """
+    if len(grid) not in (2, 3) or width % (2 * len(grid)):
+        raise ValueError(f"a sin-cos position embedding needs a 2D or 3D grid and a width divisible by twice its "
+                         f"dimensions; got grid {grid}, width {width}")
+    coordinates = torch.meshgrid(*(torch.arange(size, dtype=torch.float32) for size in grid), indexing="ij")
+    per_axis = width // (2 * len(grid))
+    frequencies = 1.0 / SINCOS_TEMPERATURE ** (torch.arange(per_axis, dtype=torch.float32) / per_axis)
+    codes = []
+    for axis in SINCOS_AXIS_ORDER[: len(grid)]:
+        angles = coordinates[axis].flatten()[:, None] * frequencies
+        codes += [torch.sin(angles), torch.cos(angles)]
+    return torch.cat(codes, dim=1).to(device)
 
 
 def sincos_position_embedding(grid: Sequence[int], width: int, device: torch.device | str) -> torch.Tensor:
     """Fixed 2D / 3D sin-cos position embedding (MAE), ``(L, width)`` for the ``L`` cells of ``grid`` in raster
     order, on ``device``; computed once per grid, width and device, so a forward pass copies nothing to the
-    device (MONAI's ``build_sincos_position_embedding``).
+    device (the values of MONAI's ``build_sincos_position_embedding``).
 
     ``width`` must be divisible by 4 (2D) or 6 (3D). While tracing or exporting, it is computed afresh, so that
     the graph holds the computation rather than a cached tensor of another trace.

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 
 import pytest
 import torch
+from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 
 from common.layers import sincos_position_embedding
 from common.networks import (
@@ -157,6 +159,17 @@ def test_sincos_check_recognises_the_official_axis_order():
     check = sincos_check()
     assert check(sincos_position_embedding((6, 6, 6), 384, "cpu")[None]) is None
     assert "first two grid axes swapped" in check(official_hyspark_sincos(6, 384))
+
+
+@pytest.mark.parametrize(("grid", "width"), [((5, 7), 20), ((3, 5, 7), 30)])  # sizes no network caches
+def test_sincos_position_embedding_is_monais_with_the_meshgrid_indexing_passed(grid, width, monkeypatch):
+    """torch warns about a meshgrid without ``indexing`` once per process, so the call's arguments are checked."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.meshgrid")
+        monai = build_sincos_position_embedding(list(grid), width, spatial_dims=len(grid))[0]
+    meshgrid, calls = torch.meshgrid, []
+    monkeypatch.setattr(torch, "meshgrid", lambda *axes, **kwargs: calls.append(kwargs) or meshgrid(*axes, **kwargs))
+    assert torch.equal(sincos_position_embedding(grid, width, "cpu"), monai) and calls == [{"indexing": "ij"}]
 
 
 def test_a_release_missing_encoder_blocks_is_refused_unless_partial_is_allowed(tmp_path):

@@ -12,6 +12,7 @@ from PIL import Image
 from module_runner import run_bundle
 from test_pretrain_bundles import EXPORTS, REPO_ROOT, configs, mlflow_runs
 
+from common.previews import HEADER_HEIGHT
 from tools.verify import verify_bundle
 
 BUNDLE = "mim_pretrain"
@@ -34,7 +35,8 @@ def test_training_writes_checkpoints_level_snapshots_and_every_loss_to_mlflow(tr
 
     png = Image.open(trained["eval"] / "reconstructions" / "iteration_000002.png")
     columns = [f"level{i}_{name}" for i in (1, 2, 3) for name in ("input", "masked", "reconstruction")]
-    assert png.text["columns"] == ", ".join(columns) and png.size == (9 * 32 * 2, 3 * 32 * 2)
+    assert png.text["columns"] == ", ".join(columns) and png.size == (9 * 32 * 2, HEADER_HEIGHT + 3 * 32 * 2)
+    assert (np.asarray(png)[:HEADER_HEIGHT] == 255).any()  # the column names drawn above the grid
 
     client, runs = mlflow_runs(trained["eval"], BUNDLE)
     (run,) = runs

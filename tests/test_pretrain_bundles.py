@@ -17,6 +17,7 @@ from PIL import Image
 
 from common.data import image_loader
 from common.networks.spec import SpecMismatchError, load_network_spec, spec_from_state
+from common.previews import HEADER_HEIGHT
 from module_runner import run_bundle
 from tools.verify import verify_bundle
 
@@ -66,7 +67,9 @@ def test_training_writes_checkpoint_model_snapshots_and_mlflow_run(trained):
     pngs = sorted((paths["eval"] / "reconstructions").glob("iteration_*.png"))
     assert [p.name for p in pngs] == ["iteration_000001.png", "iteration_000002.png"]  # snapshot_interval 1
     png = Image.open(pngs[-1])
-    assert png.text["columns"] == "input, masked, reconstruction, target" and png.size == (4 * 32 * 2, 3 * 32 * 2)
+    assert png.text["columns"] == "input, masked, reconstruction, target"
+    assert png.size == (4 * 32 * 2, HEADER_HEIGHT + 3 * 32 * 2)
+    assert (np.asarray(png)[:HEADER_HEIGHT] == 255).any()  # the column names drawn above the grid
 
     client, runs = mlflow_runs(paths["eval"], bundle)
     assert len(runs) == 1

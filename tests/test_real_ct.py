@@ -3,6 +3,7 @@ TotalSegmentator abdomen scan lowers the loss and writes a reconstruction PNG.""
 
 from PIL import Image
 
+from common.previews import HEADER_HEIGHT
 from tools.overfit import overfit
 
 
@@ -13,4 +14,4 @@ def test_hyspark_overfits_a_fixed_batch_of_a_real_abdomen_scan(shared_data, tmp_
     assert len(losses) == 12
     assert min(losses[-3:]) < 0.8 * losses[0], losses
     with Image.open(tmp_path / "recon.png") as png:
-        assert png.size == (4 * 32 * 3, 3 * 32 * 3)  # 4 images x 3 views of a 32^3 crop, upscaled 3x
+        assert png.size == (4 * 32 * 3, HEADER_HEIGHT + 3 * 32 * 3)  # 4 images x 3 views of a 32^3 crop, upscaled 3x

@@ -291,8 +291,13 @@ def test_signal_checkpoints_the_iteration_and_resume_ends_where_an_uninterrupted
     )
     started = record(second, Events.ITERATION_STARTED, lambda e: (e.state.iteration, e.state.epoch))
     adam_steps = record(second, Events.ITERATION_STARTED, lambda e: float(e.optimizer.state_dict()["state"][0]["step"]))
-    second.run()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        second.run()
     assert started[0] == (stop + 1, 1 if stop < 3 else 2) and len(started) == 6 - stop
+    resumed_at = f"training from iteration {stop + 1}, epoch {started[0][1]}, until epoch 2"
+    assert f"resuming after iteration {stop}: {resumed_at}" in caplog.text
+    assert "Engine run resuming from iteration" not in caplog.text  # ignite's line, written before the loading
     assert adam_steps[0] == float(checkpoint["optimizer"]["state"][0]["step"]) == first.state.optimizer_steps
     torch.testing.assert_close(weights(method), weights(reference_method))
     assert second.state.optimizer_steps == reference.state.optimizer_steps

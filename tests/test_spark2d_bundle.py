@@ -11,6 +11,7 @@ from PIL import Image
 from module_runner import run_bundle
 from test_pretrain_bundles import EXPORTS, REPO_ROOT, configs, mlflow_runs
 
+from common.previews import HEADER_HEIGHT
 from tools.verify import verify_bundle
 
 BUNDLE = "spark2d_pretrain"
@@ -34,7 +35,9 @@ def test_training_writes_checkpoints_snapshots_and_the_mlflow_run(trained):
     assert model["encoder.layer4.2.conv3.weight"].shape == (2048, 512, 1, 1)  # ResNet-50
 
     png = Image.open(trained["eval"] / "reconstructions" / "iteration_000002.png")
-    assert png.text["columns"] == "input, masked, reconstruction, target" and png.size == (4 * 64 * 2, 64 * 2)
+    assert png.text["columns"] == "input, masked, reconstruction, target"
+    assert png.size == (4 * 64 * 2, HEADER_HEIGHT + 64 * 2)
+    assert (np.asarray(png)[:HEADER_HEIGHT] == 255).any()  # the column names drawn above the grid
 
     _, (run,) = mlflow_runs(trained["eval"], BUNDLE)
     assert run.info.status == "FINISHED"
@@ -49,8 +52,9 @@ def test_inference_exports_one_png_per_slice(trained, tmp_path):
     pngs = sorted(out.glob("*.png"))
     assert [p.name for p in pngs] == ["case_000_0000.png", "case_000_0001.png"]
     image = Image.open(pngs[0])
-    assert image.text["columns"] == ", ".join(EXPORTS) and image.size == (3 * 256, 256)  # demo slices: 256 x 256
-    input_tile, masked_tile, _ = np.split(np.asarray(image), 3, axis=1)
+    assert image.text["columns"] == ", ".join(EXPORTS)
+    assert image.size == (3 * 256, HEADER_HEIGHT + 256)  # demo slices: 256 x 256, under the column names
+    input_tile, masked_tile, _ = np.split(np.asarray(image)[HEADER_HEIGHT:], 3, axis=1)
     assert (masked_tile == 0).mean() > (input_tile == 0).mean()  # 60 % of the patches hidden
 
 

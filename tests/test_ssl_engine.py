@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ignite.engine import Events
 from mlflow.tracking import MlflowClient
 from monai.handlers import CheckpointLoader, CheckpointSaver, MLFlowHandler
-from PIL import Image
+from PIL import Image, ImageFont
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.utils.data import DataLoader
@@ -27,7 +27,7 @@ from common.engine import (
     warmup_cosine,
     weight_decay_schedule,
 )
-from common.previews import orthogonal_slices_png
+from common.previews import HEADER_HEIGHT, column_label_lines, orthogonal_slices_png
 
 SHAPE = (1, 8, 8, 8)
 
@@ -276,19 +276,29 @@ def test_orthogonal_slices_png_3d_grid_size_views_and_column_names(tmp_path):
     volume[..., 5] = 1.0  # the central axial plane (z = 10 // 2)
     path = orthogonal_slices_png({"input": volume, "target": 2.0 * volume}, tmp_path / "grid.png", upscale=3)
     image = Image.open(path)
-    # tiles: axial (y, x) = 8 x 6, coronal (z, x) = 10 x 6, sagittal (z, y) = 10 x 8 -> 10 x 8 tiles
-    assert image.mode == "L" and image.size == (2 * 8 * 3, 3 * 10 * 3)
+    # tiles: axial (y, x) = 8 x 6, coronal (z, x) = 10 x 6, sagittal (z, y) = 10 x 8 -> 10 x 8 tiles, under the header
+    assert image.mode == "L" and image.size == (2 * 8 * 3, HEADER_HEIGHT + 3 * 10 * 3)
     assert image.text == {"columns": "input, target", "rows": "axial, coronal, sagittal"}
-    pixels = np.asarray(image)[::3, ::3]
+    header = np.asarray(image)[:HEADER_HEIGHT]
+    assert all((column == 255).any() for column in np.split(header, 2, axis=1))  # each column's name, in white
+    pixels = np.asarray(image)[HEADER_HEIGHT::3, ::3]
     axial, coronal = pixels[0:10, 0:8], pixels[10:20, 0:8]
     assert (axial[1:9, 1:7] == 255).all() and (axial[0] == 0).all()  # 8 x 6 slice centred in the tile
     assert coronal[:, 1:7].tolist() == [[255 if row == 10 - 1 - 5 else 0] * 6 for row in range(10)]
     np.testing.assert_array_equal(pixels[:, 8:], pixels[:, :8])  # values clipped to [0, 1]
 
 
+def test_column_names_wrap_at_underscores_and_are_cut_short_to_fit_their_column():
+    font = ImageFont.load_default_imagefont()  # 6 pixels a character
+    assert column_label_lines("level1_reconstruction", 3 * 64, font) == ["level1 reconstruction"]
+    assert column_label_lines("level1_reconstruction", 64, font) == ["level1", "reconstru."]  # 10 characters
+    assert column_label_lines("one_two_three", 30, font) == ["one", "two."]  # the last line takes the rest
+
+
 def test_orthogonal_slices_png_2d_is_a_single_row(tmp_path):
     images = {name: torch.rand(1, 12, 16) for name in ("input", "masked", "reconstruction")}
-    assert Image.open(orthogonal_slices_png(images, tmp_path / "2d.png", upscale=2)).size == (3 * 16 * 2, 12 * 2)
+    image = Image.open(orthogonal_slices_png(images, tmp_path / "2d.png", upscale=2))
+    assert image.size == (3 * 16 * 2, HEADER_HEIGHT + 12 * 2)
     with pytest.raises(ValueError, match="all \\(C, H, W\\) or all"):
         orthogonal_slices_png({"a": torch.rand(1, 4, 4), "b": torch.rand(1, 4, 4, 4)}, tmp_path / "mixed.png")
 
@@ -304,7 +314,7 @@ def test_snapshots_are_written_at_the_interval_and_at_completion(tmp_path, epoch
     expected = [tmp_path / "reconstructions" / f"iteration_{i:06d}.png" for i in written]
     assert snapshots.paths == expected
     assert sorted((tmp_path / "reconstructions").iterdir()) == expected
-    assert Image.open(expected[0]).size == (2 * 8 * 2, 3 * 8 * 2)
+    assert Image.open(expected[0]).size == (2 * 8 * 2, HEADER_HEIGHT + 3 * 8 * 2)
 
 
 def test_snapshots_without_images_write_nothing(tmp_path):

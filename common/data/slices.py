@@ -115,7 +115,11 @@ def volume_transforms(spacing: float | None = None, size: int | None = None) -> 
         spacing: resample in-plane to this spacing in mm (bilinear), the slice spacing kept; None: keep the grid.
         size: pad (with -1024 HU) or crop in-plane, centred, to ``size x size``; None: keep the size.
     """
-    transforms = [image_loader("image"), EnsureTyped("image", dtype="float32"), Orientationd("image", axcodes="LPS")]
+    transforms = [
+        image_loader("image"),
+        EnsureTyped("image", dtype="float32"),
+        Orientationd("image", axcodes="LPS", labels=None),  # axis labels of the image's "space": RAS, any loader
+    ]
     if spacing is not None:
         transforms.append(Spacingd("image", pixdim=(spacing, spacing, -1.0), mode="bilinear"))
     if size is not None:

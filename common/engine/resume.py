@@ -1,4 +1,5 @@
-"""A run resumed inside an epoch goes on with the batch after the last one the interrupted run trained on."""
+"""A run resumed inside an epoch goes on with the batch after the last one the interrupted run trained on; every run
+logs the iteration and epoch it trains from."""
 
 from __future__ import annotations
 
@@ -24,6 +25,33 @@ class _SkipFirstBatches:
         return itertools.islice(iter(self.data), self.count, None)
 
 
+IGNITE_START_LINE = "Engine run resuming from iteration"
+
+
+def not_ignite_start_line(record: logging.LogRecord) -> bool:
+    """Log filter: ``False`` for ignite's ``Engine run resuming from iteration ...`` line (:class:`MidEpochResume`)."""
+    return not record.getMessage().startswith(IGNITE_START_LINE)
+
+
+def log_training_start(engine: Engine) -> None:
+    """Log the iteration and epoch ``engine`` trains from at ``EPOCH_STARTED``, the checkpoint (if any) loaded.
+
+    Args:
+        engine: at ``EPOCH_STARTED``, ``state.iteration`` the iterations done, ``state.epoch`` the epoch starting.
+    """
+    state = engine.state
+    if state.iteration:
+        logger.info(
+            "resuming after iteration %d: training from iteration %d, epoch %d, until epoch %d",
+            state.iteration,
+            state.iteration + 1,
+            state.epoch,
+            state.max_epochs,
+        )
+    else:
+        logger.info("training from iteration 1, epoch 1, until epoch %d", state.max_epochs)
+
+
 class MidEpochResume:
     """In the first epoch of a run resumed inside an epoch, skips the batches that epoch has already trained on.
 
@@ -40,14 +68,33 @@ class MidEpochResume:
     ``shuffle=True`` (a ``RandomSampler``) draws a new random order when the run resumes, so nothing is skipped: the
     rest of the epoch is as many batches of that order, as random as those the uninterrupted run would have drawn.
 
+    It also logs where the run trains from, once the checkpoint is loaded (at the run's first ``EPOCH_STARTED``):
+    ``resuming after iteration 4: training from iteration 5, epoch 3, until epoch 5``. ignite's own line, ``Engine
+    run resuming from iteration 0, epoch 0 ...``, is dropped from the engine's log: it is written when ``run()``
+    starts, before the ``CheckpointLoader`` loads the state at ``STARTED``, so it says iteration 0, epoch 0 even when
+    the run resumes (and "resuming" for a fresh run, as MONAI's workflows start with ``max_epochs`` set).
+
     Use it in the trainer's handlers, with checkpoints of the training state (``{"_target_":
     "common.engine.MidEpochResume"}``).
     """
 
+    def __init__(self) -> None:
+        self._run_starting = False
+
     def attach(self, engine: Engine) -> None:
+        """Note each run's start, skip at ``EPOCH_STARTED``, and drop ignite's premature start line from the log."""
+        engine.add_event_handler(Events.STARTED, self.note_run_start)
         engine.add_event_handler(Events.EPOCH_STARTED, self)
+        engine.logger.addFilter(not_ignite_start_line)
+
+    def note_run_start(self, engine: Engine) -> None:
+        """Have the first ``EPOCH_STARTED`` of this run log where it trains from."""
+        self._run_starting = True
 
     def __call__(self, engine: Engine) -> None:
+        if self._run_starting:
+            self._run_starting = False
+            log_training_start(engine)
         data, epoch_length = engine.state.dataloader, engine.state.epoch_length
         if isinstance(data, _SkipFirstBatches):  # the resumed epoch is over: the data as it was
             engine.state.dataloader = data.data
@@ -57,10 +104,5 @@ class MidEpochResume:
         if isinstance(getattr(data, "sampler", None), RandomSampler):
             return  # a new random order: skipping its first batches would only cost their loading
         trained = engine.state.iteration % epoch_length
-        logger.info(
-            "resuming inside epoch %d at iteration %d: skipping the epoch's first %d batches, already trained on",
-            engine.state.epoch,
-            engine.state.iteration + 1,
-            trained,
-        )
+        logger.info("skipping the first %d batches of epoch %d, already trained on", trained, engine.state.epoch)
         engine.state.dataloader = _SkipFirstBatches(data, trained)

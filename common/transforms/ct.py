@@ -75,7 +75,7 @@ def load_ct(keys: Sequence[str], pixdim: Sequence[float], window: str, num_class
     return [
         *checked_loader(keys, num_classes).transforms,
         EnsureTyped(keys=keys, dtype="float32"),
-        Orientationd(keys=keys, axcodes="RAS"),
+        Orientationd(keys=keys, axcodes="RAS", labels=None),  # axis labels of the image's "space": RAS, any loader
         PathSafeSpacingd(keys=keys, pixdim=pixdim, mode=modes),
         ct_window("image", window),
     ]

@@ -48,8 +48,8 @@ class SaveReconstructionPngd(MapTransform):
 
     Args:
         keys: the key of the stacked images (``"pred"``).
-        names: the image names, in channel order (e.g. input, masked, reconstruction); written to the PNG's
-            ``columns`` text chunk (:func:`common.previews.orthogonal_slices_png`).
+        names: the image names, in channel order (e.g. input, masked, reconstruction); drawn above the columns and
+            written to the PNG's ``columns`` text chunk (:func:`common.previews.orthogonal_slices_png`).
         output_dir: the folder of the PNGs (created).
         source_key: the key whose meta data names the slice file.
     """
