@@ -39,6 +39,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def spconv_or_skip() -> None:
+    """Skips a test of the ``spconv`` sparse back-end where spconv does not import (not installed: README.md)."""
+    from common.sparse import spconv_available  # imported here: this module runs before anything imports torch
+
+    if not spconv_available():
+        pytest.skip("spconv is not installed: only the masked sparse back-end runs")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The files that hold integration tests run first: each keeps one worker busy for minutes (``--dist=loadfile``),
     and started late it would leave the other workers idle at the end of the suite."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from monai.apps.utils import check_hash
 from monai.bundle import ConfigParser
 
 from common.networks.spec import SPEC_KEY
@@ -90,7 +91,9 @@ def test_artifact_layout_and_model_info(bundle, weights, tmp_path):
 
     info = json.loads((tmp_path / "dist" / "model_info.json").read_text())
     entry = info[f"ct_slice_classification_v{version}"]
-    assert entry == {"checksum": hashlib.sha256(artifact.read_bytes()).hexdigest(), "source": artifact.as_uri()}
+    # the model zoo's format: the zip's sha1 (its ci/update_model_info.py), no other fields
+    assert entry == {"checksum": hashlib.sha1(artifact.read_bytes()).hexdigest(), "source": artifact.as_uri()}
+    assert check_hash(str(artifact), entry["checksum"], hash_type="sha1")
     assert read_releases(releases) == {"ct_slice_classification": {"version": version, "fingerprint": fingerprint(bundle)}}
 
 

@@ -110,6 +110,7 @@ def test_cpu_demo_hybrid_is_the_paper_structure_at_a_smaller_width():
     assert len(demo["channels"]) == 5 and demo["channels"][-1] % 6 == 0
 
 
+@pytest.mark.usefixtures("spconv_or_skip")
 def test_reconstruct_with_spconv_matches_masked_backend():
     torch.manual_seed(0)
     method = HySparK(encoder=TINY_HYBRID, decoder_width=16, sparse_backend="masked").eval()
@@ -139,6 +140,7 @@ def test_spark2d_reconstruction_depends_on_the_visible_patches_only():
     assert all(norm.weight.grad is not None for norm in method.densify_norms)
 
 
+@pytest.mark.usefixtures("spconv_or_skip")
 def test_spark2d_spconv_matches_masked_backend():
     torch.manual_seed(0)
     method = SparK2D(depth=18, decoder_width=32, sparse_backend="masked").eval()

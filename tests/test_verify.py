@@ -73,7 +73,7 @@ LOGGING_CONF = "[loggers]\nkeys=root\n[handlers]\nkeys=console\n[formatters]\nke
 
 def write_json(path: Path, content: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=4))
+    path.write_text(json.dumps(content, indent=4) + "\n")
 
 
 @pytest.fixture
@@ -166,6 +166,13 @@ def test_broken_json(bundle, capsys):
     assert code == 1
     assert outcomes["configs"].startswith("FAIL: evaluate.json: ")
     assert "not JSON" in outcomes["configs"] and "line 1" in outcomes["configs"]
+
+
+def test_json_not_formatted_as_the_zoo_formats_it(bundle, capsys):
+    (bundle / "configs" / "evaluate.json").write_text(json.dumps(EVALUATE, indent=2) + "\n")
+    code, outcomes = report(bundle, capsys)
+    assert code == 1
+    assert outcomes["configs"] == "FAIL: evaluate.json is not formatted as the zoo's pretty-format-json hook formats it"
 
 
 def test_broken_base_reported_once(bundle, capsys):

@@ -17,10 +17,14 @@ top-level folder ``<name>/``::
     <name>/models/model.pt   the weights, when --weights is given
 
 The zip is reproducible: the same inputs give the same bytes (sorted entries, fixed time stamps and permissions).
-``<dist>/model_info.json`` gets the entry ``"<name>_v<version>": {"checksum": <sha256 of the zip>, "source": <url>}``
-in the format of MONAI's model zoo; the source is ``<source_url>/<zip name>`` (default: the zip's ``file://`` URI, which
-``python -m monai.bundle download --name <name> --url <source>`` fetches and unpacks). Finally the bundle's version and
-fingerprint go into ``bundles/releases.json`` (:mod:`tools.releases`), against which ``tools.verify`` checks later changes.
+``<dist>/model_info.json`` gets the entry ``"<name>_v<version>": {"checksum": <sha1 of the zip>, "source": <url>}``
+in the format of MONAI's model zoo: the zoo's ``ci/update_model_info.py`` writes the hex SHA-1 of the zip
+(``get_checksum(..., hash_func=get_hash_func(hash_type="sha1"))``) and its entries name no hash type, so neither do
+ours; ``monai.apps.utils.check_hash(zip, checksum, hash_type="sha1")`` verifies one. The source is
+``<source_url>/<zip name>`` (default: the zip's ``file://`` URI, which
+``python -m monai.bundle download --name <name> --url <source>`` fetches and unpacks). The console line printed at the
+end names the zip's SHA-256. Finally the bundle's version and fingerprint go into ``bundles/releases.json``
+(:mod:`tools.releases`), against which ``tools.verify`` checks later changes.
 
 Before packaging, the bundle must pass ``tools.verify``'s file, metadata and config checks, and the version must be
 new or the same as the last packaged one with unchanged files; an artifact of that name with other bytes is never
@@ -51,6 +55,7 @@ from pathlib import Path
 
 import fire
 import torch
+from monai.apps.utils import SUPPORTED_HASH_TYPES
 from monai.bundle import ConfigParser
 from torch import nn
 
@@ -63,6 +68,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMON_DIR = REPO_ROOT / "common"
 DEFAULT_DIST = REPO_ROOT / "dist"
 MODEL_INFO = "model_info.json"
+# The hash of the model zoo's model_info.json checksums (its ci/update_model_info.py: get_hash_func(hash_type="sha1")).
+MODEL_INFO_HASH_TYPE = "sha1"
 # Fixed entry attributes of a reproducible zip: the earliest time a zip can store, rw-r--r-- regular files.
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 ZIP_FILE_MODE = 0o100644 << 16
@@ -100,6 +107,16 @@ def write_reproducible_zip(entries: dict[str, bytes], path: Path) -> None:
 def sha256(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_info_checksum(path: Path) -> str:
+    """The ``checksum`` of ``path`` in ``model_info.json``: its hex SHA-1, as the model zoo's ``ci/utils.py``
+    ``get_checksum`` computes it (1 MiB chunks into :data:`MODEL_INFO_HASH_TYPE`'s hash)."""
+    digest = SUPPORTED_HASH_TYPES[MODEL_INFO_HASH_TYPE]()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -241,7 +258,8 @@ def bundle_problems(bundle: Path, releases: Path | None = None) -> list[str]:
 
 
 def update_model_info(dist: Path, key: str, checksum: str, source: str) -> None:
-    """Set ``key``'s entry of ``<dist>/model_info.json``, keeping the others."""
+    """Set ``key``'s entry of ``<dist>/model_info.json`` to ``{"checksum": checksum, "source": source}``, keeping the
+    others: the model zoo's format, ``checksum`` being the zip's :func:`model_info_checksum` (SHA-1)."""
     path = dist / MODEL_INFO
     info = json.loads(path.read_text()) if path.is_file() else {}
     info[key] = {"checksum": checksum, "source": source}
@@ -300,8 +318,8 @@ def package(
 
     staged = artifact.with_suffix(".zip.partial")
     write_reproducible_zip(artifact_entries(bundle_dir, contents), staged)
-    checksum = sha256(staged)
-    if artifact.is_file() and sha256(artifact) != checksum:
+    checksum = model_info_checksum(staged)
+    if artifact.is_file() and model_info_checksum(artifact) != checksum:
         staged.unlink()
         raise ValueError(
             f"{artifact} exists with other content: version {version} was packaged before from other files or "

@@ -36,6 +36,7 @@ import jsonschema
 from monai.bundle import ConfigParser, verify_net_in_out
 from monai.bundle.reference_resolver import ReferenceResolver
 
+from tools.environment import print_environment_report
 from tools.releases import release_problems
 
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
@@ -183,15 +184,31 @@ def config_problems(config: Path, metadata: Path) -> list[str]:
     ]
 
 
+def zoo_formatted(path: Path) -> bool:
+    """Whether the JSON file ``path`` is formatted as the model zoo's pre-commit hook formats it
+    (``pretty-format-json --autofix --no-sort-keys --indent=4``: four-space indents, keys in their order, ASCII
+    escapes, a final newline); a file that is no JSON object counts as formatted (:func:`config_problems` reports
+    it)."""
+    text = path.read_text()
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return True
+    return not isinstance(document, dict) or text == json.dumps(document, indent=4, separators=(",", ": ")) + "\n"
+
+
 def check_configs(bundle: Path) -> Result:
     """Every ``configs/*.json`` but metadata parses and its references resolve (``config_problems``); a problem of
-    a base config that its overrides share is reported once."""
+    a base config that its overrides share is reported once. Every ``configs/*.json`` is formatted as the model
+    zoo's pre-commit hook formats it (:func:`zoo_formatted`)."""
     configs = [p for p in (bundle / "configs").glob("*.json") if p.name != "metadata.json"]
     configs.sort(key=lambda p: (base_of(p) is not None, p.name))  # bases first
     if not configs:
         return Result("configs", "FAIL", "no configs/*.json")
     metadata = bundle / "configs" / "metadata.json"
     problems = list(dict.fromkeys(problem for config in configs for problem in config_problems(config, metadata)))
+    problems += [f"{path.name} is not formatted as the zoo's pretty-format-json hook formats it"
+                 for path in sorted((bundle / "configs").glob("*.json")) if not zoo_formatted(path)]
     names = [c.name if base_of(c) is None else f"{base_of(c).name}+{c.name}" for c in configs]
     return outcome("configs", problems, ", ".join(names))
 
@@ -294,6 +311,7 @@ def run(*bundles: str) -> int:
 
 def main(*bundles: str) -> None:
     """``python -m tools.verify [bundle_dir ...]``: verify the bundles and exit 1 if any check failed."""
+    print_environment_report()
     sys.exit(run(*bundles))
 
 

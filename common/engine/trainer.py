@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from ignite.engine import EventEnum
 from monai.engines import Trainer
+from monai.inferers import Inferer, SimpleInferer
 from monai.engines.workflow import Workflow
 from torch import nn
 from torch.optim import Optimizer
@@ -114,6 +115,9 @@ class SelfSupervisedTrainer(Trainer):
         train_handlers: handlers with ``attach(engine)``, attached after everything above is set up, so they
             may read ``engine.method``, ``engine.optimizer``, ``engine.accumulation_steps`` and
             ``engine.state.epoch_length`` / ``max_epochs`` when attached.
+        inferer: calls the method on the batch dict, as MONAI's ``SupervisedTrainer`` calls its network on the
+            images: ``inferer(batch, method)`` or ``inferer(batch, method, images=True)``; default
+            ``SimpleInferer()``, which is ``method(batch, ...)``.
 
     Raises:
         ValueError: ``accumulation_steps`` < 1 or ``grad_clip_norm`` <= 0; during training, when the method's
@@ -136,6 +140,7 @@ class SelfSupervisedTrainer(Trainer):
         grad_clip_norm: float | None = None,
         accumulation_steps: int = 1,
         train_handlers: Sequence | None = None,
+        inferer: Inferer | None = None,
     ) -> None:
         if accumulation_steps < 1:
             raise ValueError(f"accumulation_steps must be a positive integer, got {accumulation_steps!r}")
@@ -152,6 +157,7 @@ class SelfSupervisedTrainer(Trainer):
             decollate=False,
         )
         self.method = method
+        self.inferer = inferer or SimpleInferer()
         self.optimizer = optimizer
         self.grad_clip_norm = grad_clip_norm
         self.accumulation_steps = accumulation_steps
@@ -214,7 +220,7 @@ class SelfSupervisedTrainer(Trainer):
         skip_sync = not steps and isinstance(engine.method, nn.parallel.DistributedDataParallel)
         with engine.method.no_sync() if skip_sync else nullcontext():
             with torch.autocast(engine.state.device.type, dtype=engine.amp_dtype, enabled=engine.amp):
-                result = engine.method(batch, images=True) if engine.images_requested else engine.method(batch)
+                result = engine.inferer(batch, engine.method, **({"images": True} if engine.images_requested else {}))
             engine.images_requested = False
             losses = engine._loss_values(result, files)
             loss = result[LOSS] / engine.accumulation_steps

@@ -2,7 +2,7 @@
 
 from common.sparse.context import remask, visible_like, visible_region
 from common.sparse.convert import SPARSE_BACKENDS, encode_visible, resolve_backend, sparsify
-from common.sparse.spconv_ops import is_sparse, to_dense, to_sparse, visible_mask
+from common.sparse.spconv_ops import is_sparse, spconv_available, to_dense, to_sparse, visible_mask
 
 __all__ = [
     "SPARSE_BACKENDS",
@@ -11,6 +11,7 @@ __all__ = [
     "remask",
     "resolve_backend",
     "sparsify",
+    "spconv_available",
     "to_dense",
     "to_sparse",
     "visible_like",

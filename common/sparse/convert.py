@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
 
 import torch
@@ -11,7 +13,16 @@ from common.layers import ChannelsFirstLayerNorm
 from common.masking import upsample_mask
 from common.sparse import layers
 from common.sparse.context import visible_region
-from common.sparse.spconv_ops import is_sparse, to_dense, to_sparse
+from common.sparse.spconv_ops import (
+    import_spconv,
+    is_sparse,
+    spconv_available,
+    spconv_install_command,
+    to_dense,
+    to_sparse,
+)
+
+logger = logging.getLogger(__name__)
 
 SPARSE_BACKENDS = ("auto", "masked", "spconv")
 
@@ -53,15 +64,35 @@ def sparsify(module: nn.Module) -> nn.Module:
     return module
 
 
+@functools.cache
+def auto_backend_on_cuda() -> str:
+    """``spconv`` when it imports, else ``masked``, which the first call (once per process) logs as a warning
+    naming the spconv build to install."""
+    if spconv_available():
+        return "spconv"
+    logger.warning(
+        "spconv is not installed or does not import: sparse_backend 'auto' runs the 'masked' back-end on CUDA "
+        "(same numbers, no sparse speed-up). For the spconv back-end install the build matching torch's CUDA: %s",
+        spconv_install_command(torch.version.cuda),
+    )
+    return "masked"
+
+
 def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """``auto`` -> ``spconv`` on CUDA (true sparsity pays there), ``masked`` elsewhere.
+    """``auto`` -> ``spconv`` on CUDA (true sparsity pays there) when spconv imports, ``masked`` elsewhere.
 
     ``spconv`` on the CPU is allowed (``ConvAlgo.Native``): slower, but it computes the same numbers.
+
+    Raises:
+        ValueError: ``backend`` is not one of :data:`SPARSE_BACKENDS`.
+        ImportError: ``backend`` is ``spconv`` and spconv does not import; the message names the build to install.
     """
     if backend not in SPARSE_BACKENDS:
         raise ValueError(f"sparse_backend must be one of {SPARSE_BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "spconv" if torch.device(device).type == "cuda" else "masked"
+        return auto_backend_on_cuda() if torch.device(device).type == "cuda" else "masked"
+    if backend == "spconv":
+        import_spconv()
     return backend
 
 

@@ -31,17 +31,56 @@ if TYPE_CHECKING:
 Rulebook = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def _spconv() -> ModuleType:
+# spconv 2.3.8's CUDA builds, each with cumm 0.7.11 of the same CUDA: wheels for Python 3.9-3.13 on PyPI. The pinned
+# spconv-cu120 2.3.6 of requirements.txt has wheels for Python 3.7-3.11 only.
+SPCONV_CUDA_BUILDS = ((12, 1), (12, 4), (12, 6))
+
+
+def spconv_install_command(cuda_version: str | None) -> str:
+    """The ``pip install`` of the spconv build matching torch's CUDA version (``torch.version.cuda``).
+
+    The newest spconv 2.3.8 build whose CUDA is not newer than torch's; for a CPU build of torch or an older CUDA,
+    the pinned build of ``requirements.txt`` on Python <= 3.11 and the oldest 2.3.8 build on newer Pythons.
+    """
+    version = tuple(int(part) for part in cuda_version.split(".")[:2]) if cuda_version else (0, 0)
+    build = max((b for b in SPCONV_CUDA_BUILDS if b <= version), default=None)
+    if build is None and sys.version_info < (3, 12):
+        return "pip install spconv-cu120==2.3.6 cumm-cu120==0.4.11"
+    tag = "cu{}{}".format(*(build or SPCONV_CUDA_BUILDS[0]))
+    return f"pip install spconv-{tag}==2.3.8 cumm-{tag}==0.7.11"
+
+
+def import_spconv() -> ModuleType:
     """``spconv.pytorch``, imported on first use: its import takes about 9 s, which every process that never
-    runs the ``spconv`` back-end (fine-tuning, inference, the ``masked`` back-end) is spared."""
+    runs the ``spconv`` back-end (fine-tuning, inference, the ``masked`` back-end) is spared.
+
+    Raises:
+        ImportError: spconv is not installed or does not import; the message names the build to install.
+    """
     with warnings.catch_warnings():  # spconv 2.3.6 decorates with the deprecated torch.cuda.amp.custom_fwd
         warnings.simplefilter("ignore", FutureWarning)
-        import spconv.pytorch
+        try:
+            import spconv.pytorch
+        except ImportError as error:
+            install = spconv_install_command(torch.version.cuda)
+            raise ImportError(
+                f"the 'spconv' sparse back-end needs spconv, which does not import ({error}): {install}, "
+                "or choose sparse_backend 'masked' or 'auto' (in a bundle: --sparse_backend masked)"
+            ) from error
     # spconv 2.3.6's ``SparseConvTensor.__iadd__`` assigns to the read-only ``features`` property and always
     # raises; the out-of-place add (``x += y`` rebinds ``x``) lets residual blocks written with ``+=`` (MONAI's
     # ResNet) run sparse.
     spconv.pytorch.SparseConvTensor.__iadd__ = spconv.pytorch.SparseConvTensor.__add__
     return spconv.pytorch
+
+
+def spconv_available() -> bool:
+    """Whether the ``spconv`` back-end can run, i.e. :func:`import_spconv` succeeds (the first call imports it)."""
+    try:
+        import_spconv()
+    except ImportError:
+        return False
+    return True
 
 
 def is_sparse(x: object) -> bool:
@@ -54,7 +93,7 @@ def to_sparse(x: torch.Tensor, visible: torch.Tensor) -> SparseTensor:
     """Keep the visible positions of a dense ``(B, C, *S)`` map; ``visible`` is ``(B, 1, *S)`` bool."""
     where = visible[:, 0]
     indices = where.nonzero().int().contiguous()  # nonzero() may return column-major strides; spconv assumes rows
-    return _spconv().SparseConvTensor(x.movedim(1, -1)[where], indices, list(x.shape[2:]), x.shape[0])
+    return import_spconv().SparseConvTensor(x.movedim(1, -1)[where], indices, list(x.shape[2:]), x.shape[0])
 
 
 def to_dense(x: SparseTensor) -> torch.Tensor:
@@ -196,7 +235,7 @@ def rulebook_conv(x: SparseTensor, conv: torch.nn.modules.conv._ConvNd) -> Spars
         features = features + conv.bias.to(features.dtype)
     if out_indices is x.indices:
         return x.replace_feature(features)
-    return _spconv().SparseConvTensor(features, out_indices, out_shape, x.batch_size)
+    return import_spconv().SparseConvTensor(features, out_indices, out_shape, x.batch_size)
 
 
 _SUBM_OPS: dict[tuple, SparseConvolution] = {}
@@ -212,7 +251,7 @@ def submanifold_conv(x: SparseTensor, conv: torch.nn.modules.conv._ConvNd) -> Sp
     same = tuple(d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation))
     if tuple(conv.padding) != same or any(k % 2 == 0 for k in conv.kernel_size):
         raise NotImplementedError(f"sparse {type(conv).__name__} needs an odd kernel with 'same' padding, got {conv}")
-    spconv = _spconv()
+    spconv = import_spconv()
     from spconv.core import ConvAlgo
 
     algo = ConvAlgo.Native if x.features.device.type == "cpu" else None
@@ -271,7 +310,7 @@ def sparse_max_pool(x: SparseTensor, pool: torch.nn.modules.pooling._MaxPoolNd) 
     pooled = features.new_empty((out_indices.shape[0], features.shape[1])).scatter_reduce(
         0, rows_out[:, None].expand(-1, features.shape[1]), features[rows_in], reduce="amax", include_self=False
     )
-    return _spconv().SparseConvTensor(pooled, out_indices, out_shape, x.batch_size)
+    return import_spconv().SparseConvTensor(pooled, out_indices, out_shape, x.batch_size)
 
 
 def per_sample_statistics(x: SparseTensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
