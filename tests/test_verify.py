@@ -229,12 +229,8 @@ def test_no_image_pred_network_is_skipped(bundle, capsys):
     assert outcomes["net_in_out"] == "SKIP: no image->pred network"
 
 
-def test_reduced_shape():
-    assert verify.reduced_shape([96, 128, 64, 48, "32*n", "*"]) == [64, 128, 64, 32, "32*n", "*"]
-
-
-def test_reduced_shape_falls_back_to_declared(bundle, capsys):
-    """A network that takes only its declared size (a 2D UNETR on 48^2 fails on the reduced 32^2)."""
+def test_net_in_out_at_the_declared_shape(bundle, capsys):
+    """A network that takes only its declared size (a 2D UNETR on 48^2)."""
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] = [48, 48]
     write_json(bundle / "configs" / "metadata.json", metadata)
