@@ -8,6 +8,7 @@ from common.networks.classification import (
     classification_spec,
 )
 from common.networks.convvit import ConvViT3D, ConvViTSegmentationNet, convvit_config
+from common.networks.features import DeepestFeatureMap, TokenFeatureMap, encoder_features
 from common.networks.hybrid import HybridEncoder, HybridSegmentationNet, hybrid_config
 from common.networks.mednext import MedNeXtEncoder
 from common.networks.resnet import ResNetEncoder, resnet_classifier, slice_classification_spec
@@ -39,6 +40,7 @@ __all__ = [
     "SEGMENTATION_ARCHS",
     "ConvViT3D",
     "ConvViTSegmentationNet",
+    "DeepestFeatureMap",
     "HybridEncoder",
     "HybridSegmentationNet",
     "MaskedViT",
@@ -46,12 +48,14 @@ __all__ = [
     "NetworkSpec",
     "ResNetEncoder",
     "SpecMismatchError",
+    "TokenFeatureMap",
     "adapt_encoder",
     "classification_encoder_config",
     "classification_network",
     "classification_spec",
     "convvit_config",
     "declared_labels",
+    "encoder_features",
     "hybrid_config",
     "load_network_spec",
     "resnet_classifier",

@@ -1,0 +1,60 @@
+"""A pre-training bundle's ``network_def`` (``inference.json``) is its method's encoder as an image -> features
+network (:func:`common.networks.encoder_features`): built from the checkpoint's spec, it loads the ``encoder.*``
+weights of the bundle's ``model.pt`` through ``monai.bundle ckpt_export`` (traced: the encoders do not script) and
+gives the method's deepest feature map."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, ckpt_export
+
+from common.networks.spec import SPEC_KEY
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VOLUME_BUNDLES = ("glmae_pretrain", "hyspark_pretrain", "mae3d_pretrain", "mim_pretrain", "spark3d_pretrain")
+SLICE_BUNDLES = ("byol2d_pretrain", "moco2d_pretrain", "spark2d_pretrain", "swav2d_pretrain")
+pytestmark = pytest.mark.slow
+
+
+def smoke_checkpoint(bundle: str, path: Path) -> torch.nn.Module:
+    """Random weights of the method ``train.json`` + ``smoke.json`` trains, saved with its spec to ``path`` as
+    training saves ``model.pt``; returns the method."""
+    configs = REPO_ROOT / "bundles" / bundle / "configs"
+    parser = ConfigParser()
+    parser.read_meta(str(configs / "metadata.json"))
+    parser.read_config([str(configs / "train.json"), str(configs / "smoke.json")])
+    parser["epoch_length"] = 1  # SwAV's prototype freeze counts iterations: no data set to read for it
+    spec = parser.get_parsed_content("network_spec")
+    method = spec.build().eval()
+    torch.save({"model": method.state_dict(), SPEC_KEY: spec.state_dict()}, path)
+    return method
+
+
+@pytest.mark.parametrize("bundle", VOLUME_BUNDLES + SLICE_BUNDLES)
+def test_network_def_exports_the_encoder_of_model_pt(bundle, tmp_path):
+    method = smoke_checkpoint(bundle, tmp_path / "model.pt")
+    shape = [1, 1, 32, 32, 32] if bundle in VOLUME_BUNDLES else [1, 1, 64, 64]
+    configs = REPO_ROOT / "bundles" / bundle / "configs"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(tmp_path / "model.ts"),
+        ckpt_file=str(tmp_path / "model.pt"),
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.json"),
+        key_in_ckpt="model",
+        use_trace=True,
+        input_shape=shape,
+        pretrained=str(tmp_path / "model.pt"),
+    )
+    exported = torch.jit.load(str(tmp_path / "model.ts"))
+    image = torch.rand(shape)
+    with torch.no_grad():
+        features = exported(image)
+        if bundle in ("glmae_pretrain", "mae3d_pretrain"):  # the ViT's patch tokens, cls token left out
+            tokens = method.encoder(image)[:, 1:]
+            expected = tokens.transpose(1, 2).reshape(1, tokens.shape[2], *features.shape[2:])
+        else:
+            expected = method.encoder(image)[-1]
+    assert features.shape[2:] == torch.Size(s // (16 if bundle in VOLUME_BUNDLES else 32) for s in shape[2:])
+    torch.testing.assert_close(features, expected)
