@@ -127,7 +127,7 @@ def test_inference_exports_input_masked_and_reconstruction_on_the_input_grid(tra
 def test_a_setting_that_contradicts_the_checkpoint_is_refused(trained):
     _, paths = trained
     with pytest.raises(SpecMismatchError, match=r"--pixdim \[2.0, 2.0, 2.0\] \(the checkpoint has \[4.0, 4.0, 4.0\]\)"):
-        load_network_spec(paths["models"] / "model.pt", None, {"pixdim": [2.0, 2.0, 2.0], "window": None})
+        load_network_spec(paths["models"] / "model.pt", "common.methods.method_spec", {"pixdim": [2.0, 2.0, 2.0]})
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

@@ -17,7 +17,8 @@ Four checks per bundle, one report line each (``OK``, ``FAIL: reason`` or ``SKIP
                 Nothing is instantiated or evaluated.
 ``net_in_out``  ``monai.bundle.verify_net_in_out`` on CPU: ``inference.json``'s ``network_def`` takes the
                 metadata's ``inputs#image`` at its declared shape and returns ``outputs#pred#num_channels``
-                channels. Skipped for bundles without an image -> pred network (the pre-training bundles, as yet).
+                channels (a pre-training bundle's ``network_def`` is its encoder: image -> features). Skipped for
+                bundles without an image -> pred network.
 
 The exit code is 1 when any check failed, 0 otherwise.
 """

@@ -41,7 +41,11 @@ RUNTIME_SETTINGS = ("sparse_backend",)
 
 
 def method_spec(
-    method: str, settings: Mapping[str, Any], in_channels: int = 1, preprocessing: Mapping[str, Any] | None = None
+    method: str,
+    settings: Mapping[str, Any] | None = None,
+    in_channels: int = 1,
+    preprocessing: Mapping[str, Any] | None = None,
+    **preprocessing_settings: Any,
 ) -> NetworkSpec:
     """The :class:`~common.networks.spec.NetworkSpec` of a self-supervised method: what a pre-training bundle
     saves with its weights and rebuilds for its inference.
@@ -49,10 +53,14 @@ def method_spec(
     Args:
         method: a method class by name (:data:`METHODS`), e.g. ``"MiM"``.
         settings: its keyword arguments, plain values (``in_channels`` aside), e.g. MiM's ``encoder`` sizes,
-            ``decoder_width``, ``mask_ratio``; those of :data:`RUNTIME_SETTINGS` build it but are not saved.
+            ``decoder_width``, ``mask_ratio``; those of :data:`RUNTIME_SETTINGS` build it but are not saved. None:
+            the method's defaults, the paper's sizes (what a pre-training ``inference.json`` builds without a
+            checkpoint).
         in_channels: image channels the method reads.
         preprocessing: the settings of the bundle's inference transforms that training fixed, by their config ids
             (e.g. ``pixdim`` and ``window`` in 3D, ``image_size`` for MoCo v2 / BYOL).
+        preprocessing_settings: preprocessing settings given one by one (a command-line setting), over
+            ``preprocessing``.
 
     Returns:
         The spec: ``network()`` builds the method; its ``arguments`` (what a checkpoint saves) and ``settings`` (what
@@ -63,9 +71,9 @@ def method_spec(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    method_class, built_with = METHODS[method], dict(settings)
+    method_class, built_with = METHODS[method], dict(settings or {})
     saved = {key: value for key, value in built_with.items() if key not in RUNTIME_SETTINGS}
-    preprocessing = dict(preprocessing or {})
+    preprocessing = {**(preprocessing or {}), **preprocessing_settings}
     return NetworkSpec(
         factory=FACTORY,
         arguments={"method": method, "in_channels": in_channels, "settings": saved, "preprocessing": preprocessing},

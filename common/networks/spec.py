@@ -185,7 +185,7 @@ def declared_labels(metadata: Mapping[str, Any], bundle_root: str | Path) -> dic
 
 def load_network_spec(
     path: str | Path,
-    factory: str | None,
+    factory: str,
     requested: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = None,
 ) -> NetworkSpec:
@@ -193,27 +193,19 @@ def load_network_spec(
 
     Args:
         path: the checkpoint (``models/model.pt``).
-        factory: dotted name of the spec factory for a checkpoint without a spec; None: such a checkpoint is an
-            error (a pre-training method has no plain-state-dict path).
+        factory: dotted name of the spec factory for a checkpoint without a spec.
         requested: settings the user set, by config id (``None`` = not set; :attr:`NetworkSpec.settings`). With a
             spec in the checkpoint, each set one must agree with it; without (a plain state dict: a paper's release,
             another tool's weights, or no file yet), they are arguments of ``factory``, its defaults filling the
             others.
-        defaults: arguments used only without a spec in the checkpoint (e.g. the labels in ``metadata.json``).
+        defaults: arguments used only without a spec in the checkpoint (e.g. the labels in ``metadata.json``, a
+            pre-training method's name).
 
     Raises:
-        ValueError: ``path`` carries no spec and ``factory`` is None.
         SpecMismatchError: a requested setting contradicts the checkpoint, naming both values.
     """
     given = {key: value for key, value in requested.items() if value is not None}
     state = saved_spec_state(path)
-    if state is None and factory is None:
-        raise ValueError(
-            f"{path} carries no network_spec (a plain state dict, or a checkpoint of an earlier version): load weights"
-            " that this bundle's training saved, which rebuild their own network, or give these their spec with"
-            " python -m tools.package bundles/<name> --weights <file> --settings \"{'cpu_demo_scale': ...}\" (the"
-            " settings they were trained with): the artifact's models/model.pt carries it"
-        )
     if state is None:
         return locate(factory)(**{**(defaults or {}), **given})
     spec = spec_from_state(state, str(path))
