@@ -52,7 +52,7 @@ from monai.bundle import ConfigParser
 
 from common.engine import tracking_uri
 from common.networks import PRETRAINING_ARCHS, SEGMENTATION_ARCHS
-from common.transfer import SEGMENTATION_PRETRAINING, pretrained_encoder_setting
+from common.transfer import SEGMENTATION_PRETRAINING
 from tools.study import (
     Bundle,
     Method,
@@ -70,6 +70,7 @@ from tools.study import (
     plot_against_fraction,
     prepared_output_dir,
     run_params,
+    scratch_settings,
     train_runs,
     write_csv,
 )
@@ -97,20 +98,11 @@ def scratch_methods(scratch_archs, pretrained: Sequence[Method]) -> list[Method]
     unknown = [arch for arch in archs if arch not in SEGMENTATION_ARCHS]
     if unknown:
         raise ValueError(f"unknown scratch arch {unknown[0]!r}; choose from {', '.join(SEGMENTATION_ARCHS)}")
-    return [Method(f"scratch ({arch})", arch=arch, settings=pretrained_sizes(arch, pretrained))
-            for arch in dict.fromkeys(archs)]
-
-
-def pretrained_sizes(arch: str, pretrained: Sequence[Method]) -> dict:
-    """``{"encoder_config": ...}`` of the first of ``pretrained`` of ``arch`` whose checkpoint carries its encoder's
-    sizes; empty when none does (the bundle's own sizes then apply to every arm). Differing sizes among them are
-    logged."""
-    methods = SEGMENTATION_PRETRAINING.get(arch, ())
-    sizes = [pretrained_encoder_setting(m.pretrained, None, methods) for m in pretrained if m.arch == arch]
-    sizes = [size for size in sizes if size is not None]
-    if any(size != sizes[0] for size in sizes):
-        logger.warning("the %s checkpoints' encoders differ in size; scratch (%s) takes %s", arch, arch, sizes[0])
-    return {"encoder_config": sizes[0]} if sizes else {}
+    return [
+        Method(f"scratch ({arch})", arch=arch, settings=scratch_settings(
+            [m for m in pretrained if m.arch == arch], "encoder_config", SEGMENTATION_PRETRAINING.get(arch, ())))
+        for arch in dict.fromkeys(archs)
+    ]
 
 
 def study_methods(checkpoints, scratch_archs) -> list[Method]:

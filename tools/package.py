@@ -45,7 +45,6 @@ written into every config of the artifact that defines them, e.g. the ``sw_batch
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import sys
@@ -104,9 +103,10 @@ def write_reproducible_zip(entries: dict[str, bytes], path: Path) -> None:
             archive.writestr(info, content, compresslevel=9)
 
 
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
+def file_hash(path: Path, hash_type: str) -> str:
+    """Hex digest of a file's bytes, read in 1 MiB chunks, by a hash of MONAI's ``SUPPORTED_HASH_TYPES`` (the
+    hashes ``monai.apps.utils.check_hash`` verifies)."""
+    digest = SUPPORTED_HASH_TYPES[hash_type]()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -115,12 +115,8 @@ def sha256(path: Path) -> str:
 
 def model_info_checksum(path: Path) -> str:
     """The ``checksum`` of ``path`` in ``model_info.json``: its hex SHA-1, as the model zoo's ``ci/utils.py``
-    ``get_checksum`` computes it (1 MiB chunks into :data:`MODEL_INFO_HASH_TYPE`'s hash)."""
-    digest = SUPPORTED_HASH_TYPES[MODEL_INFO_HASH_TYPE]()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    ``get_checksum`` computes it."""
+    return file_hash(path, MODEL_INFO_HASH_TYPE)
 
 
 def load_weights(weights: Path) -> dict:
@@ -340,7 +336,7 @@ def main(bundle: str, weights: str | None = None, dist: str | None = None, sourc
         artifact = package(bundle, weights=weights, dist=dist, source_url=source_url, settings=settings)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"tools.package: {e}")
-    print(f"{artifact} ({artifact.stat().st_size / 1e6:.1f} MB, sha256 {sha256(artifact)})")
+    print(f"{artifact} ({artifact.stat().st_size / 1e6:.1f} MB, sha256 {file_hash(artifact, 'sha256')})")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ from pathlib import Path
 import fire
 
 from common.engine import tracking_uri
-from common.transfer import SLICE_PRETRAINING, pretrained_encoder_setting
+from common.transfer import SLICE_PRETRAINING
 from tools.study import (
     Bundle,
     Method,
@@ -75,6 +75,7 @@ from tools.study import (
     plot_against_fraction,
     prepared_output_dir,
     run_params,
+    scratch_settings,
     train_runs,
     write_csv,
 )
@@ -102,21 +103,11 @@ def study_methods(checkpoints, no_scratch: bool = False) -> list[Method]:
     """
     paths = checkpoint_paths(checkpoints, PRETRAINING_BUNDLES)
     pretrained = [Method(name, path) for name, path in paths.items()]
-    methods = ([] if no_scratch else [Method(SCRATCH, settings=pretrained_depth(pretrained))]) + pretrained
+    scratch = Method(SCRATCH, settings=scratch_settings(pretrained, "network_spec#depth", SLICE_PRETRAINING, "depth"))
+    methods = ([] if no_scratch else [scratch]) + pretrained
     if not methods:
         raise ValueError("nothing to compare: give --checkpoints name=path, or drop --no_scratch")
     return methods
-
-
-def pretrained_depth(pretrained: Sequence[Method]) -> dict:
-    """``{"network_spec#depth": ...}``: the ResNet depth of the first of ``pretrained`` whose checkpoint carries it
-    (:func:`common.transfer.pretrained_encoder_setting`), so the scratch network is the pre-trained ones'; empty
-    when none does. Differing depths among them are logged."""
-    depths = [pretrained_encoder_setting(m.pretrained, None, SLICE_PRETRAINING, "depth") for m in pretrained]
-    depths = [depth for depth in depths if depth is not None]
-    if any(depth != depths[0] for depth in depths):
-        logger.warning("the checkpoints have ResNets of depths %s; scratch takes %s", depths, depths[0])
-    return {"network_spec#depth": depths[0]} if depths else {}
 
 
 def every_method_below(rows: Sequence[Mapping], min_f1: float) -> bool:

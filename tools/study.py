@@ -21,6 +21,8 @@ import numpy as np
 from mlflow import MlflowClient
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+from common.transfer import pretrained_encoder_setting
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back-end)
 from matplotlib.transforms import ScaledTranslation  # noqa: E402
@@ -225,6 +227,19 @@ class Bundle:
         workflow.initialize()
         workflow.run()
         workflow.finalize()
+
+
+def scratch_settings(pretrained: Sequence[Method], config_id: str, methods: Sequence[str],
+                     setting: str = "encoder") -> dict:
+    """A scratch arm's ``settings``: ``{config_id: size}``, the encoder size of the first of ``pretrained`` whose
+    checkpoint carries one (:func:`common.transfer.pretrained_encoder_setting` of ``methods``' ``setting``), so the
+    scratch network is the pre-trained ones'; empty when none does (the bundle's own size then applies to every
+    arm). Differing sizes among them are logged."""
+    sizes = [pretrained_encoder_setting(m.pretrained, None, methods, setting) for m in pretrained]
+    sizes = [size for size in sizes if size is not None]
+    if any(size != sizes[0] for size in sizes):
+        logger.warning("the pre-trained encoders differ in size (%s); the scratch network takes %s", sizes, sizes[0])
+    return {config_id: sizes[0]} if sizes else {}
 
 
 def run_params(run: PlannedRun, output_dir: Path) -> dict[str, object]:

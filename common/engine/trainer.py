@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from ignite.engine import EventEnum
 from monai.engines import Trainer
-from monai.inferers import Inferer, SimpleInferer
 from monai.engines.workflow import Workflow
+from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
