@@ -6,7 +6,7 @@ schedules, momentum teacher, reconstruction snapshots and export."""
 from common.engine.batches import batch_files
 from common.engine.checkpoints import latest_checkpoint, prepare_checkpoint_dir
 from common.engine.ema import MomentumTeacher
-from common.engine.embeddings import export_embeddings
+from common.engine.embeddings import EmbeddingsWriter, PooledFeaturesInferer
 from common.engine.export import MaskedReconstructionInferer
 from common.engine.freezing import HeadFirstFineTuning
 from common.engine.gradcam import GradCamSaver, save_gradcam_overlays
@@ -31,6 +31,7 @@ from common.engine.validation import PeriodicValidation
 
 __all__ = [
     "CosineSchedule",
+    "EmbeddingsWriter",
     "GracefulInterrupt",
     "GradCamSaver",
     "HeadFirstFineTuning",
@@ -40,6 +41,7 @@ __all__ = [
     "NonFiniteGuard",
     "OptimizerEvents",
     "PeriodicValidation",
+    "PooledFeaturesInferer",
     "ProgressBar",
     "ReconstructionSnapshots",
     "RunParameters",
@@ -48,7 +50,6 @@ __all__ = [
     "TrainingProgress",
     "batch_files",
     "exit_if_interrupted",
-    "export_embeddings",
     "keep_one_mlflow_handler",
     "latest_checkpoint",
     "logged_scalars",
