@@ -58,3 +58,19 @@ def test_network_def_exports_the_encoder_of_model_pt(bundle, tmp_path):
             expected = method.encoder(image)[-1]
     assert features.shape[2:] == torch.Size(s // (16 if bundle in VOLUME_BUNDLES else 32) for s in shape[2:])
     torch.testing.assert_close(features, expected)
+
+
+@pytest.mark.parametrize("bundle", VOLUME_BUNDLES + SLICE_BUNDLES)
+def test_metadata_declares_the_network_def_of_the_papers_sizes(bundle, tmp_path):
+    """Without weights ``inference.json`` builds the method at the paper's sizes; ``metadata.json`` declares that
+    network's input and output (what ``tools.package`` rewrites for shipped weights of other sizes)."""
+    configs = REPO_ROOT / "bundles" / bundle / "configs"
+    parser = ConfigParser()
+    parser.read_meta(str(configs / "metadata.json"))
+    parser.read_config(str(configs / "inference.json"))
+    parser["pretrained"] = str(tmp_path / "absent.pt")
+    declared = parser["_meta_"]["network_data_format"]
+    computed = parser.get_parsed_content("network_spec").network_data_format(declared)
+    for section in ("inputs", "outputs"):
+        entry = next(iter(declared[section].values()))
+        assert {key: entry[key] for key in computed[section]} == computed[section]

@@ -207,10 +207,11 @@ def fit_problem(network: nn.Module, checkpoint: Mapping, weights: Path, what: st
 
 
 def metadata_with(bundle: Path, spec: NetworkSpec) -> dict[str, bytes]:
-    """``configs/metadata.json`` with the input channels and output labels of ``spec`` in ``network_data_format``:
-    in the first entry of each section (the network's input and output, as MONAI Label reads them)."""
+    """``configs/metadata.json`` with what ``spec`` decides of ``network_data_format`` (input channels, output labels;
+    a pre-training method's feature channels and grid): in the first entry of each section (the network's input and
+    output, as MONAI Label reads them)."""
     metadata = read_json(bundle / "configs" / "metadata.json")
-    for section, values in spec.network_data_format().items():
+    for section, values in spec.network_data_format(metadata["network_data_format"]).items():
         next(iter(metadata["network_data_format"][section].values())).update(values)
     return {"configs/metadata.json": (json.dumps(metadata, indent=4) + "\n").encode()}
 

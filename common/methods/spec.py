@@ -16,6 +16,7 @@ with ``--pretrained`` builds its encoder at the size it was pre-trained at
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -28,6 +29,7 @@ from common.methods.mim import MiM
 from common.methods.moco import MoCoV2
 from common.methods.spark import SparK2D, SparK3D
 from common.methods.swav import SwAV
+from common.networks.features import encoder_features
 from common.networks.spec import NetworkSpec
 
 FACTORY = "common.methods.method_spec"
@@ -38,6 +40,35 @@ METHODS: dict[str, type[nn.Module]] = {
 # Settings that choose how a method computes, not what it is (the same weights, the same numbers): used to build it,
 # not saved, so a rebuilt method takes its default (``sparse_backend`` ``auto``: ``spconv`` on CUDA, ``masked`` else).
 RUNTIME_SETTINGS = ("sparse_backend",)
+
+
+@dataclass
+class MethodSpec(NetworkSpec):
+    """The :class:`~common.networks.spec.NetworkSpec` of a self-supervised method, whose bundle's ``network_def`` is
+    its encoder as an image -> features network (:func:`~common.networks.encoder_features`)."""
+
+    def network_data_format(self, declared: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``network_def``'s input and output in ``metadata.json``'s terms: the input's channels and spatial shape
+        (:attr:`input_shape` where training fixed it, else the ``declared`` input's), and the channels and grid of
+        the encoder's features at that shape.
+
+        Raises:
+            ValueError: training fixed no input shape and ``declared`` gives none.
+        """
+        if self.input_shape is not None:
+            shape = list(self.input_shape)
+        elif declared and declared.get("inputs"):
+            shape = list(next(iter(declared["inputs"].values()))["spatial_shape"])
+        else:
+            raise ValueError(f"{self.arguments['method']}'s input shape is not fixed by training; declare it")
+        features = encoder_features(self.build().encoder)
+        return {
+            "inputs": {"num_channels": self.in_channels, "spatial_shape": shape},
+            "outputs": {
+                "num_channels": features.out_channels,
+                "spatial_shape": [size // features.downsample_ratio for size in shape],
+            },
+        }
 
 
 def method_spec(
@@ -63,7 +94,7 @@ def method_spec(
             ``preprocessing``.
 
     Returns:
-        The spec: ``network()`` builds the method; its ``arguments`` (what a checkpoint saves) and ``settings`` (what
+        The :class:`MethodSpec`: ``network()`` builds the method; its ``arguments`` (what a checkpoint saves) and ``settings`` (what
         a command-line setting is checked against) leave out :data:`RUNTIME_SETTINGS`.
 
     Raises:
@@ -74,10 +105,11 @@ def method_spec(
     method_class, built_with = METHODS[method], dict(settings or {})
     saved = {key: value for key, value in built_with.items() if key not in RUNTIME_SETTINGS}
     preprocessing = {**(preprocessing or {}), **preprocessing_settings}
-    return NetworkSpec(
+    return MethodSpec(
         factory=FACTORY,
         arguments={"method": method, "in_channels": in_channels, "settings": saved, "preprocessing": preprocessing},
         network=lambda: method_class(in_channels=in_channels, **built_with),
         preprocessing=preprocessing,
         settings={**saved, **preprocessing},
+        input_shape=[preprocessing["image_size"]] * 2 if "image_size" in preprocessing else None,
     )

@@ -239,4 +239,5 @@ def classification_spec(
         network=lambda: classification_network(arch, in_channels, len(labels), roi_size, encoder, dropout=dropout),
         adapters=lambda network: add_lora(network, lora_rank, target="encoder"),
         preprocessing={"roi_size": list(roi_size), "pixdim": list(pixdim)},
+        input_shape=list(roi_size),
     )

@@ -20,7 +20,9 @@ ENCODER_PREFIX = "encoder."
 
 
 class EncoderFeatures(nn.Module):
-    """Base of the wrappers: holds ``encoder`` and loads the ``encoder.*`` part of a method's state dict.
+    """Base of the wrappers: holds ``encoder`` and loads the ``encoder.*`` part of a method's state dict. A wrapper's
+    ``out_channels`` and ``downsample_ratio`` say what it returns: ``out_channels`` maps at ``1 / downsample_ratio`` of
+    the image size.
 
     Args:
         encoder: the method's encoder.
@@ -29,6 +31,9 @@ class EncoderFeatures(nn.Module):
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
+
+    out_channels: int
+    downsample_ratio: int
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Load the ``encoder.*`` entries of ``state_dict``: this network's own, or a whole method's (its decoder,
@@ -42,6 +47,14 @@ class DeepestFeatureMap(EncoderFeatures):
     ``downsample_ratio`` (HySparK's ``HybridEncoder`` and MiM's ``ConvViT3D``: 16; SparK-3D's ``MedNeXtEncoder``: 16;
     the 2D methods' ``ResNetEncoder``: 32)."""
 
+    @property
+    def out_channels(self) -> int:
+        return self.encoder.feature_channels[-1]
+
+    @property
+    def downsample_ratio(self) -> int:
+        return self.encoder.downsample_ratio
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.encoder(image)[-1]
 
@@ -49,6 +62,14 @@ class DeepestFeatureMap(EncoderFeatures):
 class TokenFeatureMap(EncoderFeatures):
     """A :class:`~common.networks.vit.MaskedViT`'s patch tokens on their grid (the cls token left out), as GL-MAE's
     and MAE3D's encoders give them: ``(B, C_in, *S)`` -> ``(B, hidden_size, *S / patch_size)``."""
+
+    @property
+    def out_channels(self) -> int:
+        return self.encoder.hidden_size
+
+    @property
+    def downsample_ratio(self) -> int:
+        return self.encoder.patch_size
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         tokens = self.encoder(image)[:, 1:]

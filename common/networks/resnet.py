@@ -117,4 +117,5 @@ def slice_classification_spec(
         },
         network=lambda: resnet_classifier(depth, 2, in_channels, len(labels)),
         preprocessing={"image_size": image_size, "mean": mean, "std": std},
+        input_shape=[image_size] * 2,
     )

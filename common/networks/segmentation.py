@@ -213,4 +213,5 @@ def segmentation_spec(
         network=lambda: segmentation_network(**network_settings),
         adapters=lambda network: adapt_encoder(network, arch, lora_rank),
         preprocessing={"pixdim": list(pixdim)},
+        input_shape=list(roi_size),
     )

@@ -50,6 +50,8 @@ class NetworkSpec:
         preprocessing: the settings the inference transforms apply (e.g. ``pixdim``).
         settings: the arguments and preprocessing by the top-level config ids a bundle gives them (``arch``,
             ``roi_size``, ``pixdim`` ...): what a command-line setting is checked against. Default: ``arguments``.
+        input_shape: the spatial shape of the inputs inference gives the network (the sliding window's ``roi_size``,
+            a classifier's crop, a slice's size); None where training fixed none.
     """
 
     factory: str
@@ -58,6 +60,7 @@ class NetworkSpec:
     adapters: Callable[[nn.Module], nn.Module] = lambda network: network
     preprocessing: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] | None = None
+    input_shape: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.settings is None:
@@ -98,10 +101,18 @@ class NetworkSpec:
                 f"the settings contradict the network the checkpoint was saved with: {'; '.join(differences)}"
             )
 
-    def network_data_format(self) -> dict[str, Any]:
-        """What this spec decides of the ``network_data_format`` of ``metadata.json``, by section: the input's
-        channels, and the output's labels where the network has them (a pre-training method has none)."""
+    def network_data_format(self, declared: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What this spec decides of the ``network_data_format`` of ``metadata.json``, by section (the first entry's
+        fields): the input's channels and, where fixed, spatial shape; the output's labels where the network has them.
+
+        Args:
+            declared: the ``network_data_format`` the bundle's ``metadata.json`` declares, which the spec's values
+                replace (a pre-training method's features depend on its declared input shape,
+                :class:`common.methods.spec.MethodSpec`).
+        """
         entries = {"inputs": {"num_channels": self.in_channels}}
+        if self.input_shape is not None:
+            entries["inputs"]["spatial_shape"] = list(self.input_shape)
         if "channel_def" in self.arguments:
             entries["outputs"] = {"num_channels": len(self.channel_def), "channel_def": dict(self.channel_def)}
         return entries
