@@ -51,21 +51,36 @@ NETWORK_DEF = {
     "channels": [4, 8],
     "strides": [2],
 }
-TRAIN = {
+# MONAI's required workflow properties (monai.bundle.properties), on an empty data set
+WORKFLOW = {
     "imports": ["$import torch"],
+    "bundle_root": ".",
+    "device": "$torch.device('cpu')",
+    "dataset_dir": "data",
     "num_classes": "$len(@_meta_#network_data_format#outputs#pred#channel_def)",
     "network_def": NETWORK_DEF,
-    "network": "$@network_def.to(torch.device('cpu'))",
+    "network": "$@network_def.to(@device)",
+}
+TRAIN = {
+    **WORKFLOW,
     "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network.parameters()", "lr": 1e-4},
     "max_epochs": 2,
+    "train": {
+        "dataset": {"_target_": "Dataset", "data": []},
+        "inferer": {"_target_": "SimpleInferer"},
+        "trainer": {"_target_": "SupervisedTrainer", "device": "@device", "max_epochs": "@max_epochs",
+                    "train_data_loader": "$torch.utils.data.DataLoader(@train#dataset)", "network": "@network",
+                    "optimizer": "@optimizer", "loss_function": "$torch.nn.MSELoss()", "inferer": "@train#inferer"},
+    },
     "run": ["$print(@max_epochs)"],
 }
 INFERENCE = {
-    "imports": ["$import torch"],
-    "num_classes": "$len(@_meta_#network_data_format#outputs#pred#channel_def)",
-    "network_def": NETWORK_DEF,
-    "network": "$@network_def.to(torch.device('cpu'))",
-    "run": ["$@network.eval()"],
+    **WORKFLOW,
+    "dataset": {"_target_": "Dataset", "data": []},
+    "inferer": {"_target_": "SimpleInferer"},
+    "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "network": "@network",
+                  "val_data_loader": "$torch.utils.data.DataLoader(@dataset)", "inferer": "@inferer"},
+    "run": ["$@evaluator.run()"],
 }
 EVALUATE = {"max_epochs": 1, "run": ["$print(@network)"]}
 LOGGING_CONF = "[loggers]\nkeys=root\n[handlers]\nkeys=console\n[formatters]\nkeys=plain\n"
@@ -107,7 +122,7 @@ def report(bundle: Path, capsys: pytest.CaptureFixture) -> tuple[int, dict[str, 
 def test_good_bundle_passes(bundle, capsys):
     code, outcomes = report(bundle, capsys)
     assert code == 0, outcomes
-    assert set(outcomes) == {"files", "metadata", "configs", "net_in_out"}
+    assert set(outcomes) == {"files", "metadata", "configs", "net_in_out", "properties"}
     assert all(o.startswith("OK") for o in outcomes.values())
     assert "train.json+evaluate.json" in outcomes["configs"]
     assert "1x16x16x16 -> 2 channels" in outcomes["net_in_out"]
@@ -242,12 +257,42 @@ def test_net_in_out_at_the_declared_shape(bundle, capsys):
     assert "network_def: 1x48x48 -> 2 channels" in outcomes["net_in_out"]
 
 
-def test_real_bundles(repo_root, capsys):
+def test_train_properties_missing(bundle, capsys):
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    train["inference_of_training"] = train["train"].pop("inferer")
+    train["train"]["trainer"]["inferer"] = "@inference_of_training"
+    write_json(bundle / "configs" / "train.json", train)
+    code, outcomes = report(bundle, capsys)
+    assert code == 1
+    assert outcomes["properties"] == (
+        "FAIL: train.json: Property 'train_inferer' with config ID 'train::inferer' not in the config.")
+
+
+def test_inference_properties_checked_given_weights(bundle, capsys):
+    """An unpacked artifact's ``models/model.pt`` lets the inference workflow initialise: its properties are checked
+    too, here a missing ``dataset_dir``."""
+    (bundle / "models").mkdir()
+    (bundle / "models" / "model.pt").write_bytes(b"weights")
+    assert report(bundle, capsys)[1]["properties"] == "OK (train, inference)"
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    inference["data_folder"] = inference.pop("dataset_dir")
+    write_json(bundle / "configs" / "inference.json", inference)
+    code, outcomes = report(bundle, capsys)
+    assert code == 1 and outcomes["properties"] == (
+        "FAIL: inference.json: Property 'dataset_dir' with config ID 'dataset_dir' not in the config.")
+
+
+REAL_BUNDLES = sorted(path.name for path in verify.bundle_dirs(()))
+
+
+def test_every_bundle_is_verified_by_default():
+    assert len(REAL_BUNDLES) == 12
+
+
+@pytest.mark.parametrize("name", REAL_BUNDLES)
+def test_real_bundle(name, repo_root, capsys):
     """Every bundle of the repository passes (fails while a bundle is still being written)."""
-    bundles = sorted(p for p in (repo_root / "bundles").iterdir() if p.is_dir())
-    assert bundles, "no bundles under bundles/"
-    code = verify.run()
+    code = verify.run(str(repo_root / "bundles" / name))
     out = capsys.readouterr().out
     assert code == 0, out
-    for bundle in bundles:
-        assert f"{bundle.name} " in out
+    assert len(out.splitlines()) == len(verify.CHECKS)

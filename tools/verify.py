@@ -3,7 +3,7 @@
 ``python -m tools.verify``                      every bundle folder under ``bundles/``
 ``python -m tools.verify bundles/a bundles/b``  only the folders given
 
-Four checks per bundle, one report line each (``OK``, ``FAIL: reason`` or ``SKIP: reason``):
+Five checks per bundle, one report line each (``OK``, ``FAIL: reason`` or ``SKIP: reason``):
 
 ``files``       the required files are present.
 ``metadata``    ``configs/metadata.json`` validates against the MONAI bundle metadata schema named in its
@@ -19,22 +19,29 @@ Four checks per bundle, one report line each (``OK``, ``FAIL: reason`` or ``SKIP
                 metadata's ``inputs#image`` at its declared shape and returns ``outputs#pred#num_channels``
                 channels (a pre-training bundle's ``network_def`` is its encoder: image -> features). Skipped for
                 bundles without an image -> pred network.
+``properties``  MONAI's property checks, as ``monai.bundle.create_workflow`` and the model zoo's tests run them:
+                ``train.json`` as a train workflow and, where the bundle has ``models/model.pt`` (an unpacked
+                artifact), ``inference.json`` as an inference workflow (it needs weights), each initialised with
+                ``--bundle_root`` the folder and its outputs in a temporary folder, then ``check_properties()``.
 
 The exit code is 1 when any check failed, 0 otherwise.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 import sys
+import tempfile
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
 import fire
 import jsonschema
-from monai.bundle import ConfigParser, verify_net_in_out
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
 from monai.bundle.reference_resolver import ReferenceResolver
 
 from tools.environment import print_environment_report
@@ -256,7 +263,43 @@ def check_net_in_out(bundle: Path) -> Result:
     return Result("net_in_out", "OK", f"network_def: {size} -> {pred['num_channels']} channels")
 
 
-CHECKS = (check_files, check_metadata, check_configs, check_net_in_out)
+def property_problems(bundle: Path, workflow_type: str, scratch: Path) -> list[str]:
+    """``check_properties()`` of ``configs/<workflow_type>.json`` as a ``workflow_type`` workflow of ``bundle``:
+    a required property it lacks, or the optional ones it refers to under other ids (MONAI's ``TrainProperties`` /
+    ``InferProperties``). Its checkpoints and outputs go to ``scratch``."""
+    configs = bundle / "configs"
+    workflow = ConfigWorkflow(
+        config_file=str(configs / f"{workflow_type}.json"),
+        meta_file=str(configs / "metadata.json"),
+        logging_file=False,
+        workflow_type=workflow_type,
+        bundle_root=str(bundle),
+        ckpt_dir=str(scratch / "models"),
+        output_dir=str(scratch / workflow_type),
+    )
+    workflow.initialize()
+    try:
+        misplaced = workflow.check_properties() or []
+    except KeyError as e:  # MONAI raises on the first missing required property
+        return [f"{workflow_type}.json: {e.args[0]}"]
+    return [f"{workflow_type}.json refers to optional property {name} under another id" for name in misplaced]
+
+
+def check_properties(bundle: Path) -> Result:
+    """MONAI's property checks of the train workflow and, given ``models/model.pt``, the inference workflow."""
+    workflows = ["train", "inference"] if (bundle / "models" / "model.pt").is_file() else ["train"]
+    problems = []
+    try:  # the workflows' progress bars and prints are not the report's
+        with tempfile.TemporaryDirectory() as scratch, redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            for workflow_type in workflows:
+                problems += property_problems(bundle, workflow_type, Path(scratch))
+    except Exception as e:  # any error building the workflow is a finding
+        return Result("properties", "FAIL", f"{type(e).__name__}: {e}")
+    unchecked = "" if "inference" in workflows else "; inference: no models/model.pt"
+    return outcome("properties", problems, ", ".join(workflows) + unchecked)
+
+
+CHECKS = (check_files, check_metadata, check_configs, check_net_in_out, check_properties)
 
 
 def verify_bundle(bundle: Path) -> list[Result]:
