@@ -86,7 +86,7 @@ def load_datalist(
         return datalist_from_msd(json_path, key, skip_unreadable)
     if not path.is_dir():
         raise DatalistError(f"{path} does not exist; expected a dataset.json or a folder of NIfTI or DICOM")
-    if _holds_nifti(path):
+    if holds_nifti(path):
         return datalist_from_nifti_folder(path, label_folder, key, skip_unreadable)
     _reject_label_folder(label_folder, path)
     return dicom_datalist(path, skip_unreadable, tried=f"dataset.json, {NIFTI_TRIED}, {DICOM_TRIED}")
@@ -264,10 +264,10 @@ def datalist_from_nifti_folder(
             unreadable, not 3D, or a label's shape differs from its image's.
     """
     root = _existing_folder(folder, "NIfTI folder")
-    image_dir, label_dir = _nifti_layout(root, key)
+    image_dir, label_dir = nifti_layout(root, key)
     if label_folder is not None:
         label_dir = _existing_folder(label_folder, "label folder")
-    images = _nifti_files(image_dir)
+    images = nifti_files(image_dir)
     if not images:
         raise DatalistError(f"no NIfTI images in {root}; tried {NIFTI_TRIED}")
     labels = _pair_labels(images, label_dir) if label_dir is not None else {}
@@ -422,13 +422,13 @@ def is_nifti(image: object) -> bool:
     return isinstance(image, str) and image.endswith(NIFTI_SUFFIXES)
 
 
-def _holds_nifti(folder: Path) -> bool:
+def holds_nifti(folder: Path) -> bool:
     """Whether ``folder`` holds NIfTI in one of the accepted layouts (an ``images/`` folder may hold DICOM)."""
     image_dirs = (folder / "imagesTr", folder / "imagesTs", folder / "images", folder)
-    return any(_nifti_files(image_dir) for image_dir in image_dirs if image_dir.is_dir())
+    return any(nifti_files(image_dir) for image_dir in image_dirs if image_dir.is_dir())
 
 
-def _nifti_layout(root: Path, key: str) -> tuple[Path, Path | None]:
+def nifti_layout(root: Path, key: str) -> tuple[Path, Path | None]:
     """The image folder and the label folder (``None`` if absent) of a NIfTI dataset folder."""
     if (root / "imagesTr").is_dir() or (root / "imagesTs").is_dir():
         if key not in MSD_FOLDERS:
@@ -443,7 +443,8 @@ def _nifti_layout(root: Path, key: str) -> tuple[Path, Path | None]:
     return images, labels if labels is not None and labels.is_dir() else None
 
 
-def _nifti_files(folder: Path) -> list[Path]:
+def nifti_files(folder: Path) -> list[Path]:
+    """The NIfTI files directly in ``folder``, sorted, hidden ones left out."""
     return sorted(
         path
         for path in folder.iterdir()
@@ -457,7 +458,7 @@ def _stem(path: Path) -> str:
 
 def _pair_labels(images: list[Path], label_dir: Path) -> dict[Path, Path]:
     """The label of each image: same file stem, else the stem without an nnU-Net ``_0000`` suffix."""
-    labels = {_stem(path): path for path in _nifti_files(label_dir)}
+    labels = {_stem(path): path for path in nifti_files(label_dir)}
     pairs: dict[Path, Path] = {}
     for image in images:
         stem = _stem(image)

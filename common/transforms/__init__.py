@@ -7,6 +7,7 @@ from common.transforms.classification import (
     classification_train_transforms,
 )
 from common.transforms.ct import CT_WINDOWS, ct_window, load_ct
+from common.transforms.prepare import prepare_ct, prepare_slices
 from common.transforms.pretraining import (
     pretraining_inference_transforms,
     pretraining_train_transforms,
@@ -62,6 +63,8 @@ __all__ = [
     "load_ct",
     "load_slice_transforms",
     "multi_crop_train_transforms",
+    "prepare_ct",
+    "prepare_slices",
     "pretraining_inference_transforms",
     "pretraining_train_transforms",
     "reconstruction_postprocessing",
