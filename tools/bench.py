@@ -5,6 +5,11 @@
                                  on a 1 x 256 x 256 x 128 volume (the bundle should add no overhead).
 ``python -m tools.bench data``   training-pipeline iterations/s with ``CacheDataset`` against ``Dataset``
                                  on the demo data.
+``python -m tools.bench data_scale``     each 3D pre-training bundle's loader over 8 and over 160 volumes of
+                                 160^3: peak memory and time to the first batch (:mod:`tools.bench_data`).
+``python -m tools.bench data_pipeline``  ``tools.prepare`` on synthetic 512 x 512 x 300 CTs (time, bytes), and one
+                                 loader worker's samples/s of HySparK's paper pipeline reading sources afresh,
+                                 prepared volumes afresh, a RAM cache and a disk cache.
 ``python -m tools.bench sparse`` one pre-training step (forward + backward + AdamW) of HySparK and SparK-3D
                                  at 96^3, batch 2, mask 0.75: ``masked`` against ``spconv``, time and peak
                                  memory (:mod:`tools.bench_sparse`).
@@ -37,6 +42,8 @@ from monai.data import CacheDataset, DataLoader, Dataset
 from monai.inferers import sliding_window_inference
 from monai.transforms import LoadImaged
 
+from tools.bench_data import pipeline as data_pipeline_runs
+from tools.bench_data import scale as data_scale_runs
 from tools.bench_glmae import glmae_costs, mae3d_costs
 from tools.bench_mim import mim_costs
 from tools.bench_slices2d import slices2d_costs
@@ -193,6 +200,18 @@ def checks(shape: tuple[int, int, int] = (512, 512, 200), repeats: int = 3) -> d
         return result
 
 
+def data_scale(volumes: tuple[int, int] = (8, 160), size: int = 160) -> dict:
+    """Each 3D pre-training bundle's loader over ``volumes[0]`` and ``volumes[1]`` phantoms of ``size``^3."""
+    with tempfile.TemporaryDirectory() as root:
+        return {"device": _device_name(torch.device("cpu")), **data_scale_runs(root, tuple(volumes), (size,) * 3)}
+
+
+def data_pipeline(volumes: int = 4, num_workers: int | None = None) -> dict:
+    """``tools.prepare`` and one loader worker's samples/s of HySparK's paper pipeline, by data source and cache."""
+    with tempfile.TemporaryDirectory() as root:
+        return {"device": _device_name(torch.device("cpu")), **data_pipeline_runs(root, volumes, num_workers=num_workers)}
+
+
 def sparse(size: int = 96, batch: int = 2, steps: int = 1, warmup: int = 1, device: str | None = None) -> dict:
     """One HySparK / SparK-3D training step, ``masked`` vs ``spconv``: time, peak memory and their ratios."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -228,6 +247,8 @@ if __name__ == "__main__":
         {
             "infer": infer,
             "data": data,
+            "data_scale": data_scale,
+            "data_pipeline": data_pipeline,
             "sparse": sparse,
             "mim": mim,
             "glmae": glmae,

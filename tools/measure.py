@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 
-def _status_mb(field: str) -> float:
+def status_mb(field: str) -> float:
     """A memory field of ``/proc/self/status`` (``VmRSS``: resident now, ``VmHWM``: peak resident) in MiB."""
     with open("/proc/self/status") as status:
         for line in status:
@@ -26,7 +26,7 @@ def _status_mb(field: str) -> float:
 
 def timed_steps(one_step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> dict:
     """``{"seconds_per_step", "peak_mb"}`` of ``steps`` calls of ``one_step`` after ``warmup`` calls."""
-    base_mb = None if device.type == "cuda" else _status_mb("VmRSS")
+    base_mb = None if device.type == "cuda" else status_mb("VmRSS")
     for _ in range(warmup):
         one_step()
     if device.type == "cuda":
@@ -40,7 +40,7 @@ def timed_steps(one_step: Callable[[], None], steps: int, warmup: int, device: t
         torch.cuda.synchronize()
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak_mb = _status_mb("VmHWM")
+        peak_mb = status_mb("VmHWM")
     return {"seconds_per_step": (time.perf_counter() - start) / steps, "peak_mb": peak_mb - base_mb}
 
 

@@ -1,5 +1,7 @@
-"""Datalists from MSD ``dataset.json`` / NIfTI folders / DICOM series / 2D slices, splits, and the demo data."""
+"""Datalists from MSD ``dataset.json`` / NIfTI folders / DICOM series / 2D slices, splits, the demo data, and the cache of
+a bundle's training data."""
 
+from common.data.cache import CACHE_MODES, training_dataset
 from common.data.classification import (
     ClassProbabilityWriter,
     class_names,
@@ -33,6 +35,7 @@ from common.data.slices import ensure_slice_demo_data, slice_datalist
 
 __all__ = [
     "BTCV_LABELS",
+    "CACHE_MODES",
     "BadInputError",
     "BadInputPolicy",
     "ClassProbabilityWriter",
@@ -67,5 +70,6 @@ __all__ = [
     "split_datalist",
     "stratified_split",
     "stratified_subset",
+    "training_dataset",
     "training_split",
 ]

@@ -1,0 +1,132 @@
+"""A pre-training bundle's data pipeline against the size of its data set: memory, time to the first batch, rate.
+
+:func:`loader_run` builds a bundle's ``train#dataloader`` exactly as ``monai.bundle run`` does (``train.json`` +
+``smoke.json`` and the given settings) in the calling process and reads batches from it; run it in a fresh process
+(:func:`tools.measure.in_fresh_process`) so its peak memory is its own. :func:`phantom_collection` writes a data set
+of any size from a few phantoms. ``tests/test_dataset_cache.py`` uses both, and so does ``python -m tools.bench
+data``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import nibabel as nib
+from monai.bundle import ConfigParser
+from monai.data import DataLoader
+
+from common.data import generate_phantom, pretraining_datalist, training_dataset
+from common.transforms import prepare_ct, pretraining_train_transforms
+from tools.measure import in_fresh_process, status_mb
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def phantom_collection(folder: str | Path, volumes: int, distinct: int = 8, shape: tuple = (96, 96, 96),
+                       spacing: tuple = (1.5, 1.5, 1.5)) -> Path:
+    """``folder`` with ``volumes`` NIfTI files (int16 HU of ``shape`` at ``spacing``): ``distinct`` phantoms
+    (:func:`common.data.generate_phantom`), copied over and over, each copy a file of its own."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(volumes):
+        path = folder / f"ct_{index:05d}.nii.gz"
+        if index < distinct:
+            image, _, affine = generate_phantom(index, shape, spacing)
+            nib.save(nib.Nifti1Image(image, affine), path)
+        else:
+            shutil.copy(folder / f"ct_{index % distinct:05d}.nii.gz", path)
+    return folder
+
+
+def loader_run(bundle: str, dataset_dir: str, batches: int, settings: dict) -> dict:
+    """Build ``bundles/<bundle>``'s ``train#dataloader`` (``train.json`` + ``smoke.json`` + ``settings``, its data
+    from ``dataset_dir``) and read ``batches`` batches.
+
+    Returns:
+        ``first_batch_s``: from building the data set (a RAM cache fills then) to the first batch;
+        ``batches_per_s``: the rate of the batches after it; ``peak_mb``: this process's peak resident memory
+        above its resident memory before the data set was built; ``dataset``: the MONAI data set's class.
+    """
+    configs = REPO_ROOT / "bundles" / bundle / "configs"
+    parser = ConfigParser()
+    parser.read_meta(str(configs / "metadata.json"))
+    parser.read_config([str(configs / "train.json"), str(configs / "smoke.json")])
+    parser.update({"dataset_dir": str(dataset_dir), **settings})
+    base_mb = status_mb("VmRSS")
+    start = time.perf_counter()
+    loader = parser.get_parsed_content("train#dataloader")
+    stream = iter(loader)
+    next(stream)
+    first = time.perf_counter()
+    for _ in range(batches - 1):
+        next(stream)
+    rest = time.perf_counter() - first
+    return {
+        "first_batch_s": first - start,
+        "batches_per_s": (batches - 1) / rest if batches > 1 else float("nan"),
+        "peak_mb": status_mb("VmHWM") - base_mb,
+        "dataset": type(loader.dataset).__name__,
+    }
+
+
+VOLUME_BUNDLES = ("hyspark_pretrain", "spark3d_pretrain", "mim_pretrain", "glmae_pretrain", "mae3d_pretrain")
+
+
+def scale(root: str | Path, volumes: tuple[int, int] = (8, 160), shape: tuple = (160, 160, 160),
+          bundles: tuple[str, ...] = VOLUME_BUNDLES) -> dict:
+    """Each bundle's ``train#dataloader`` (default ``dataset_cache``, the smoke sizes at the phantoms' 1.5 mm) over
+    ``volumes[0]`` and over ``volumes[1]`` volumes of ``shape``, each in a fresh process: peak memory and time to the
+    first batch of both, and their differences."""
+    root = Path(root)
+    folders = [phantom_collection(root / f"ct_{count}", count, shape=shape) for count in volumes]
+    settings = {"pixdim": [1.5, 1.5, 1.5], "num_workers": 0, "output_dir": str(root / "eval")}
+    results = {}
+    for bundle in bundles:
+        few, many = (in_fresh_process(loader_run, bundle, str(folder), 3, settings) for folder in folders)
+        results[bundle] = {"few": few, "many": many, "peak_mb_added": many["peak_mb"] - few["peak_mb"],
+                           "first_batch_s_added": many["first_batch_s"] - few["first_batch_s"]}
+    return results
+
+
+def sample_rate(dataset, batches: int) -> float:
+    """Samples (crops) per second one loader worker gives: ``batches`` batches of ``dataset`` read in this process."""
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
+    start, samples = time.perf_counter(), 0
+    for index, batch in enumerate(loader):
+        samples += batch["image"].shape[0]
+        if index + 1 == batches:
+            break
+    return samples / (time.perf_counter() - start)
+
+
+def pipeline(root: str | Path, volumes: int = 4, shape: tuple = (512, 512, 300), spacing: tuple = (0.8, 0.8, 1.0),
+             num_workers: int | None = None) -> dict:
+    """HySparK's paper pipeline (96^3 crops, 4 per volume, 1.5 mm, abdomen window) on ``volumes`` synthetic CTs of
+    ``shape`` at ``spacing``: ``tools.prepare``'s time and bytes per volume, and one loader worker's samples/s reading
+    the sources afresh, the prepared volumes afresh, a RAM cache and a disk cache (its second pass)."""
+    root = Path(root)
+    sources = phantom_collection(root / "sources", volumes, distinct=1, shape=shape, spacing=spacing)
+    start = time.perf_counter()
+    prepared = prepare_ct([sources], root / "prepared", (1.5, 1.5, 1.5), num_workers)
+    prepare_s = time.perf_counter() - start
+    transform = pretraining_train_transforms((96, 96, 96), (1.5, 1.5, 1.5), num_samples=4, window="abdomen")
+    raw = [{"image": str(path)} for path in sorted(sources.glob("*.nii.gz"))]
+    ready = pretraining_datalist(prepared.dataset_dir)
+    disk = training_dataset(raw, transform, "disk", cache_dir=root / "cache")
+    sample_rate(disk, volumes)  # the first pass writes the cache
+    return {
+        "volumes": volumes,
+        "shape": list(shape),
+        "prepare_s_per_volume_per_worker": prepare_s * (num_workers or os.cpu_count() or 1) / volumes,
+        "source_mb_per_volume": prepared.source_bytes / volumes / 1e6,
+        "prepared_mb_per_volume": prepared.prepared_bytes / volumes / 1e6,
+        "samples_per_s_per_worker": {
+            "sources_afresh": sample_rate(training_dataset(raw, transform, "none"), volumes),
+            "prepared_afresh": sample_rate(training_dataset(ready, transform, "none"), volumes),
+            "ram_cache": sample_rate(training_dataset(raw, transform, "ram"), volumes),
+            "disk_cache": sample_rate(disk, volumes),
+        },
+    }
