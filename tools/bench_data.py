@@ -3,8 +3,9 @@
 :func:`loader_run` builds a bundle's ``train#dataloader`` exactly as ``monai.bundle run`` does (``train.json`` +
 ``smoke.json`` and the given settings) in the calling process and reads batches from it; run it in a fresh process
 (:func:`tools.measure.in_fresh_process`) so its peak memory is its own. :func:`phantom_collection` writes a data set
-of any size from a few phantoms. ``tests/test_dataset_cache.py`` uses both, and so does ``python -m tools.bench
-data``.
+of any size from a few phantoms. ``tests/test_dataset_cache.py`` uses both; :func:`scale` (``python -m tools.bench
+data_scale``) runs every 3D bundle over 8 and 160 volumes, and :func:`pipeline` (``python -m tools.bench
+data_pipeline``) measures ``tools.prepare`` and one loader worker by data source and cache.
 """
 
 from __future__ import annotations
