@@ -49,7 +49,8 @@ def spconv_or_skip() -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The files that hold integration tests run first: each keeps one worker busy for minutes (``--dist=loadfile``),
-    and started late it would leave the other workers idle at the end of the suite."""
-    integration_files = {item.path for item in items if item.get_closest_marker("integration")}
-    items.sort(key=lambda item: item.path not in integration_files)
+    """The files that hold integration or ``long_file`` tests run first: each keeps one worker busy for minutes
+    (``--dist=loadfile``), and started late it would leave the other workers idle at the end of the suite."""
+    long_files = {item.path for item in items if item.get_closest_marker("integration")
+                  or item.get_closest_marker("long_file")}
+    items.sort(key=lambda item: item.path not in long_files)

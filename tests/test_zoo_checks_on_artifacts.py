@@ -20,7 +20,7 @@ from tools.verify import SCHEMA_DIR
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = sorted(path.parent.parent.name for path in (REPO_ROOT / "bundles").glob("*/configs/train.json"))
 SCRIPTED = {"ct_slice_classification"}  # the others' networks export traced only (their README's Export section)
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long_file]  # 12 artifacts, about 3 minutes on one worker
 
 
 def unpacked_artifact(bundle: str, root: Path) -> Path:
