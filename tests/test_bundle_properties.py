@@ -6,10 +6,8 @@
 from pathlib import Path
 
 import pytest
-import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
-
-from common.networks.spec import SPEC_KEY
+from bundle_weights import SMOKE_SETTINGS, network_weights
+from monai.bundle import ConfigWorkflow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = sorted(path.parent.parent.name for path in (REPO_ROOT / "bundles").glob("*/configs/train.json"))
@@ -20,12 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_inference_workflow_has_monai_properties(bundle, tmp_path):
     configs = REPO_ROOT / "bundles" / bundle / "configs"
-    parser = ConfigParser()
-    parser.read_meta(str(configs / "metadata.json"))
-    parser.read_config([str(configs / "train.json"), str(configs / "smoke.json")])
-    parser["epoch_length"] = 1  # SwAV's prototype freeze counts iterations: no data set to read for it
-    spec = parser.get_parsed_content("network_spec")
-    torch.save({"model": spec.build().state_dict(), SPEC_KEY: spec.state_dict()}, tmp_path / "model.pt")
+    network_weights(configs.parent, tmp_path / "model.pt", SMOKE_SETTINGS, "smoke.json")
     inference = ConfigWorkflow(
         config_file=str(configs / "inference.json"),
         meta_file=str(configs / "metadata.json"),

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle_weights import network_weights
 from monai.apps.utils import check_hash
-from monai.bundle import ConfigParser
 
 from common.networks.spec import SPEC_KEY
 from tools import package as tools_package
@@ -40,18 +40,6 @@ def set_version(bundle: Path, version: str) -> None:
     metadata["version"] = version
     metadata["changelog"][version] = "a test change"
     path.write_text(json.dumps(metadata, indent=4) + "\n")
-
-
-def network_weights(bundle: Path, path: Path, settings: dict, *overlays: str) -> Path:
-    """Random weights saved to ``path`` as training ``train.json`` merged with the ``overlays`` (e.g. ``smoke.json``)
-    under ``settings`` saves them, with their network spec."""
-    parser = ConfigParser()
-    parser.read_meta(str(bundle / "configs" / "metadata.json"))
-    parser.read_config([str(bundle / "configs" / name) for name in ("train.json", *overlays)])
-    parser.update({"bundle_root": str(bundle), **settings})
-    spec = parser.get_parsed_content("network_spec")
-    torch.save({"model": spec.build().state_dict(), SPEC_KEY: spec.state_dict()}, path)
-    return path
 
 
 @pytest.fixture

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle_weights import SMOKE_SETTINGS, saved_network
 from monai.bundle import ConfigParser, ckpt_export
-
-from common.networks.spec import SPEC_KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOLUME_BUNDLES = ("glmae_pretrain", "hyspark_pretrain", "mae3d_pretrain", "mim_pretrain", "spark3d_pretrain")
@@ -17,25 +16,11 @@ SLICE_BUNDLES = ("byol2d_pretrain", "moco2d_pretrain", "spark2d_pretrain", "swav
 pytestmark = pytest.mark.slow
 
 
-def smoke_checkpoint(bundle: str, path: Path) -> torch.nn.Module:
-    """Random weights of the method ``train.json`` + ``smoke.json`` trains, saved with its spec to ``path`` as
-    training saves ``model.pt``; returns the method."""
-    configs = REPO_ROOT / "bundles" / bundle / "configs"
-    parser = ConfigParser()
-    parser.read_meta(str(configs / "metadata.json"))
-    parser.read_config([str(configs / "train.json"), str(configs / "smoke.json")])
-    parser["epoch_length"] = 1  # SwAV's prototype freeze counts iterations: no data set to read for it
-    spec = parser.get_parsed_content("network_spec")
-    method = spec.build().eval()
-    torch.save({"model": method.state_dict(), SPEC_KEY: spec.state_dict()}, path)
-    return method
-
-
 @pytest.mark.parametrize("bundle", VOLUME_BUNDLES + SLICE_BUNDLES)
 def test_network_def_exports_the_encoder_of_model_pt(bundle, tmp_path):
-    method = smoke_checkpoint(bundle, tmp_path / "model.pt")
-    shape = [1, 1, 32, 32, 32] if bundle in VOLUME_BUNDLES else [1, 1, 64, 64]
     configs = REPO_ROOT / "bundles" / bundle / "configs"
+    method = saved_network(configs.parent, tmp_path / "model.pt", SMOKE_SETTINGS, "smoke.json").eval()
+    shape = [1, 1, 32, 32, 32] if bundle in VOLUME_BUNDLES else [1, 1, 64, 64]
     ckpt_export(
         net_id="network_def",
         filepath=str(tmp_path / "model.ts"),

@@ -11,8 +11,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from bundle_weights import SMOKE_SETTINGS, network_weights
 from module_runner import run_module
-from test_package import network_weights
 
 from tools.package import package
 from tools.verify import SCHEMA_DIR
@@ -27,7 +27,7 @@ def unpacked_artifact(bundle: str, root: Path) -> Path:
     """``bundles/<bundle>`` packaged with random weights of its smoke-size network and unpacked under ``root``, the
     metadata schema where ``verify_metadata`` looks for it before downloading (there is no internet here)."""
     source = REPO_ROOT / "bundles" / bundle
-    weights = network_weights(source, root / "weights.pt", {"epoch_length": 1}, "smoke.json")
+    weights = network_weights(source, root / "weights.pt", SMOKE_SETTINGS, "smoke.json")
     artifact = package(str(source), weights=str(weights), dist=str(root / "dist"), releases=root / "releases.json")
     with zipfile.ZipFile(artifact) as archive:
         archive.extractall(root / "unpacked")
