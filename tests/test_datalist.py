@@ -14,6 +14,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from common.data import (
+    BadInputPolicy,
     DatalistError,
     datalist_from_dicom_folder,
     datalist_from_msd,
@@ -338,6 +339,13 @@ def test_dicom_inconsistent_series(tmp_path):
     _series(tmp_path / "duplicate", [0, 0], [1, 2], ["1.dcm", "2.dcm"])
     with pytest.raises(DatalistError, match="same position"):
         datalist_from_dicom_folder(tmp_path / "duplicate")
+    # skipping bad inputs: both series are reported, the good one is listed
+    _series(tmp_path / "good", [0, 5], [1, 2], ["1.dcm", "2.dcm"])
+    policy = BadInputPolicy(skip=True, report_path=tmp_path / "skipped.csv")
+    listed = datalist_from_dicom_folder(tmp_path, skip_unreadable=policy)
+    assert [Path(entry["image"][0]).parent.name for entry in listed] == ["good"]
+    report = (tmp_path / "skipped.csv").read_text()
+    assert "differ in size, orientation or pixel spacing" in report and "same position" in report
 
 
 def test_dicom_uneven_spacing_is_logged(tmp_path, caplog):

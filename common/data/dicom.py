@@ -28,7 +28,7 @@ try:
 except ImportError:  # pydicom 2, which MONAI Label 0.8.5 needs (tools.monailabel_check)
     from pydicom.pixel_data_handlers.util import apply_modality_lut
 
-from common.data.errors import BadInputPolicy, DatalistError, UnreadableFileError, skip_or_raise
+from common.data.errors import BadInputError, BadInputPolicy, DatalistError, UnreadableFileError, skip_or_raise
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,11 @@ def dicom_datalist(root: Path, skip_unreadable: bool | BadInputPolicy, tried: st
     for uid, members in series.items():
         paths, headers = zip(*members)
         name = f"DICOM series {uid} in {root}"
-        _check_series(headers, name)
+        try:
+            _check_series(headers, name)
+        except BadInputError as error:
+            skip_or_raise(error, skip_unreadable)
+            continue
         order, positions = _slice_order(headers)
         _warn_if_uneven(positions, name)
         datalist.append({"image": [str(paths[i]) for i in order]})
@@ -106,7 +110,8 @@ def _not_a_slice(header: Dataset) -> str | None:
 
 
 def _check_series(headers: Sequence[Dataset], name: str) -> None:
-    """Raise unless the slices share size, orientation and pixel spacing, and lie at distinct positions."""
+    """Raise :class:`BadInputError` (for the series ``name``) unless the slices share size, orientation and pixel
+    spacing, and lie at distinct positions."""
     first = headers[0]
     for header in headers[1:]:
         if (
@@ -114,14 +119,14 @@ def _check_series(headers: Sequence[Dataset], name: str) -> None:
             or not np.allclose(header.ImageOrientationPatient, first.ImageOrientationPatient, atol=1e-4)
             or not np.allclose(header.PixelSpacing, first.PixelSpacing, rtol=1e-4)
         ):
-            raise DatalistError(
-                f"{name}: slices differ in size, orientation or pixel spacing "
-                f"({first.filename} and {header.filename}); it is not one volume"
+            raise BadInputError(
+                name, f"slices differ in size, orientation or pixel spacing ({first.filename} and {header.filename}); "
+                "it is not one volume"
             )
     _, positions = _slice_order(headers)
     if len(positions) > 1 and np.diff(positions).min() < 1e-3:
-        raise DatalistError(
-            f"{name}: several slices at the same position (duplicated files, or several acquisitions in one series)"
+        raise BadInputError(
+            name, "several slices at the same position (duplicated files, or several acquisitions in one series)"
         )
 
 
