@@ -10,6 +10,9 @@
 ``python -m tools.bench data_pipeline``  ``tools.prepare`` on synthetic 512 x 512 x 300 CTs (time, bytes), and one
                                  loader worker's samples/s of HySparK's paper pipeline reading sources afresh,
                                  prepared volumes afresh, a RAM cache and a disk cache.
+``python -m tools.bench data_feed``      each 3D pre-training bundle at its paper sizes: one loader worker's samples/s
+                                 (prepared volumes afresh, disk cache, RAM cache) against the training step's,
+                                 and the workers needed not to starve the step (:mod:`tools.bench_data`).
 ``python -m tools.bench sparse`` one pre-training step (forward + backward + AdamW) of HySparK and SparK-3D
                                  at 96^3, batch 2, mask 0.75: ``masked`` against ``spconv``, time and peak
                                  memory (:mod:`tools.bench_sparse`).
@@ -42,6 +45,7 @@ from monai.data import CacheDataset, DataLoader, Dataset
 from monai.inferers import sliding_window_inference
 from monai.transforms import LoadImaged
 
+from tools.bench_data import feed as data_feed_runs
 from tools.bench_data import pipeline as data_pipeline_runs
 from tools.bench_data import scale as data_scale_runs
 from tools.bench_glmae import glmae_costs, mae3d_costs
@@ -212,6 +216,12 @@ def data_pipeline(volumes: int = 4, num_workers: int | None = None) -> dict:
         return {"device": _device_name(torch.device("cpu")), **data_pipeline_runs(root, volumes, num_workers=num_workers)}
 
 
+def data_feed(volumes: int = 2, steps: int = 1, warmup: int = 1) -> dict:
+    """Each 3D bundle's loader (one worker) against its training step at the paper's sizes, on the CPU."""
+    with tempfile.TemporaryDirectory() as root:
+        return {"device": _device_name(torch.device("cpu")), **data_feed_runs(root, volumes, steps=steps, warmup=warmup)}
+
+
 def sparse(size: int = 96, batch: int = 2, steps: int = 1, warmup: int = 1, device: str | None = None) -> dict:
     """One HySparK / SparK-3D training step, ``masked`` vs ``spconv``: time, peak memory and their ratios."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -249,6 +259,7 @@ if __name__ == "__main__":
             "data": data,
             "data_scale": data_scale,
             "data_pipeline": data_pipeline,
+            "data_feed": data_feed,
             "sparse": sparse,
             "mim": mim,
             "glmae": glmae,

@@ -4,12 +4,14 @@
 ``smoke.json`` and the given settings) in the calling process and reads batches from it; run it in a fresh process
 (:func:`tools.measure.in_fresh_process`) so its peak memory is its own. :func:`phantom_collection` writes a data set
 of any size from a few phantoms. ``tests/test_dataset_cache.py`` uses both; :func:`scale` (``python -m tools.bench
-data_scale``) runs every 3D bundle over 8 and 160 volumes, and :func:`pipeline` (``python -m tools.bench
-data_pipeline``) measures ``tools.prepare`` and one loader worker by data source and cache.
+data_scale``) runs every 3D bundle over 8 and 160 volumes, :func:`pipeline` (``python -m tools.bench
+data_pipeline``) measures ``tools.prepare`` and one loader worker by data source and cache, and :func:`feed`
+(``python -m tools.bench data_feed``) sets each 3D bundle's loader against its training step at the paper's sizes.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -17,11 +19,12 @@ from pathlib import Path
 
 import nibabel as nib
 from monai.bundle import ConfigParser
+import torch
 from monai.data import DataLoader
 
 from common.data import generate_phantom, pretraining_datalist, training_dataset
 from common.transforms import prepare_ct, pretraining_train_transforms
-from tools.measure import in_fresh_process, status_mb
+from tools.measure import in_fresh_process, status_mb, timed_steps
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +45,17 @@ def phantom_collection(folder: str | Path, volumes: int, distinct: int = 8, shap
     return folder
 
 
+def bundle_parser(bundle: str, settings: dict, smoke: bool = True) -> ConfigParser:
+    """``bundles/<bundle>``'s ``train.json`` (with ``smoke.json`` where ``smoke``) updated with ``settings``, as
+    ``monai.bundle run`` reads it."""
+    configs = REPO_ROOT / "bundles" / bundle / "configs"
+    parser = ConfigParser()
+    parser.read_meta(str(configs / "metadata.json"))
+    parser.read_config([str(configs / "train.json")] + ([str(configs / "smoke.json")] if smoke else []))
+    parser.update(settings)
+    return parser
+
+
 def loader_run(bundle: str, dataset_dir: str, batches: int, settings: dict) -> dict:
     """Build ``bundles/<bundle>``'s ``train#dataloader`` (``train.json`` + ``smoke.json`` + ``settings``, its data
     from ``dataset_dir``) and read ``batches`` batches.
@@ -51,11 +65,7 @@ def loader_run(bundle: str, dataset_dir: str, batches: int, settings: dict) -> d
         ``batches_per_s``: the rate of the batches after it; ``peak_mb``: this process's peak resident memory
         above its resident memory before the data set was built; ``dataset``: the MONAI data set's class.
     """
-    configs = REPO_ROOT / "bundles" / bundle / "configs"
-    parser = ConfigParser()
-    parser.read_meta(str(configs / "metadata.json"))
-    parser.read_config([str(configs / "train.json"), str(configs / "smoke.json")])
-    parser.update({"dataset_dir": str(dataset_dir), **settings})
+    parser = bundle_parser(bundle, {"dataset_dir": str(dataset_dir), **settings})
     base_mb = status_mb("VmRSS")
     start = time.perf_counter()
     loader = parser.get_parsed_content("train#dataloader")
@@ -92,12 +102,18 @@ def scale(root: str | Path, volumes: tuple[int, int] = (8, 160), shape: tuple = 
     return results
 
 
+def batch_samples(batch: dict) -> int:
+    """The training samples a collated batch holds: the first dimension of its tensors (crops, level-1 volumes or
+    source volumes with their views, as the method's bundle defines a sample)."""
+    return next(value for value in batch.values() if torch.is_tensor(value)).shape[0]
+
+
 def sample_rate(dataset, batches: int) -> float:
-    """Samples (crops) per second one loader worker gives: ``batches`` batches of ``dataset`` read in this process."""
+    """Samples per second one loader worker gives: ``batches`` batches of ``dataset`` read in this process."""
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
     start, samples = time.perf_counter(), 0
     for index, batch in enumerate(loader):
-        samples += batch["image"].shape[0]
+        samples += batch_samples(batch)
         if index + 1 == batches:
             break
     return samples / (time.perf_counter() - start)
@@ -130,4 +146,57 @@ def pipeline(root: str | Path, volumes: int = 4, shape: tuple = (512, 512, 300),
             "ram_cache": sample_rate(training_dataset(raw, transform, "ram"), volumes),
             "disk_cache": sample_rate(disk, volumes),
         },
+    }
+
+
+def feed_run(bundle: str, dataset_dir: str, cache_dir: str, steps: int, warmup: int) -> dict:
+    """``bundle`` at its paper sizes (``train.json`` with ``cpu_demo_scale`` false) on the CPU: one loader worker's
+    samples/s from ``dataset_dir`` read afresh, from a disk cache (its second pass) and from a RAM cache, and the
+    seconds of one training step (forward, backward, AdamW) on one sample of its batch.
+
+    The step runs on one sample, not the paper's per-device batch, so that it fits the CPU's memory; its samples/s
+    is the one sample over the step's time (on the CPU a step's time grows about linearly with its samples).
+    """
+    parser = bundle_parser(bundle, {"dataset_dir": dataset_dir, "cpu_demo_scale": False, "device": "$torch.device('cpu')",
+                                    "amp": False, "num_workers": 0}, smoke=False)
+    datalist, transform = parser.get_parsed_content("datalist"), parser.get_parsed_content("train#preprocessing")
+    count = len(datalist)
+    disk = training_dataset(datalist, transform, "disk", cache_dir=cache_dir)
+    sample_rate(disk, count)  # the first pass writes the cache
+    loader = {
+        "afresh": sample_rate(training_dataset(datalist, transform, "none"), count),
+        "disk_cache": sample_rate(disk, count),
+        "ram_cache": sample_rate(training_dataset(datalist, transform, "ram"), count),
+    }
+    torch.manual_seed(0)
+    method, optimizer = parser.get_parsed_content("method"), parser.get_parsed_content("optimizer")
+    batch = next(iter(DataLoader(training_dataset(datalist, transform, "none"), batch_size=1)))
+    one = {key: value[:1] if torch.is_tensor(value) else value for key, value in batch.items()}
+
+    def one_step() -> None:
+        loss = method(one)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step = timed_steps(one_step, steps, warmup, torch.device("cpu"))
+    step_rate = 1 / step["seconds_per_step"]
+    return {
+        "loader_samples_per_s_per_worker": loader,
+        "step_s_per_sample": step["seconds_per_step"],
+        "step_peak_mb": step["peak_mb"],
+        "workers_needed": {kind: math.ceil(step_rate / rate) for kind, rate in loader.items()},
+    }
+
+
+def feed(root: str | Path, volumes: int = 2, shape: tuple = (512, 512, 300), spacing: tuple = (0.8, 0.8, 1.0),
+         steps: int = 1, warmup: int = 1, bundles: tuple[str, ...] = VOLUME_BUNDLES) -> dict:
+    """Each 3D bundle's loader against its training step at the paper's sizes (:func:`feed_run`, each bundle in a
+    fresh process), on ``volumes`` synthetic CTs of ``shape`` at ``spacing`` prepared once by ``tools.prepare``."""
+    root = Path(root)
+    sources = phantom_collection(root / "sources", volumes, distinct=1, shape=shape, spacing=spacing)
+    prepared = prepare_ct([sources], root / "prepared", (1.5, 1.5, 1.5))
+    return {
+        bundle: in_fresh_process(feed_run, bundle, str(prepared.dataset_dir), str(root / "cache" / bundle), steps, warmup)
+        for bundle in bundles
     }
