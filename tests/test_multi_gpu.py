@@ -1,21 +1,29 @@
-"""End to end: ``multi_gpu_train.json`` under ``torchrun --standalone --nproc_per_node=2`` on CPU (gloo backend).
+"""End to end: ``multi_gpu_train.json`` under ``torchrun`` on CPU (gloo backend).
 
 One pre-training bundle with a momentum teacher and a queue of keys (moco2d_pretrain) and one downstream bundle
 with a partly frozen network (ct_slice_classification: head-first fine-tuning, then the test set and Grad-CAM), both
-with ``smoke.json`` (two iterations). Every rank saves its weights when its trainer completes: the two ranks must
-hold identical parameters, teachers and queues. A test-only config gives each rank its own checkpoint and output
-folder, so that the test sees that only rank 0 wrote checkpoints and an MLflow run.
+with ``smoke.json`` (two iterations) on two processes. Every rank saves its weights when its trainer completes: the
+two ranks must hold identical parameters, teachers and queues. A test-only config gives each rank its own checkpoint
+and output folder, so that the test sees that only rank 0 wrote checkpoints and an MLflow run.
+
+The global batch (:mod:`common.engine.global_batch`): spark2d_pretrain with a deterministic method and data (no
+random masks, augmentations or batch statistics, so that only the batching can make runs differ) keeps its
+``global_batch_size`` on one process (accumulating), on two, and on two "nodes" that meet through torchrun's c10d
+rendezvous on this machine; all end with the same weights.
 """
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # smoke.json and multi_gpu_train.json set different keys; smoke.json comes last, as in the other bundle tests
@@ -23,41 +31,56 @@ CONFIGS = ("train.json", "multi_gpu_train.json", "smoke.json")
 pytestmark = pytest.mark.slow
 
 
-def torchrun_bundle(bundle: str, root: Path, network: str, **test_overrides) -> Path:
-    """Train ``bundle`` with ``torchrun --standalone --nproc_per_node=2 -m monai.bundle run``; fail with its output.
+def torchrun_command(bundle: str, root: Path, network: str, torchrun_args: list[str], **test_overrides) -> list[str]:
+    """The command training ``bundle`` with ``python -m torch.distributed.run <torchrun_args> -m monai.bundle run``.
 
     A test-only config, written to ``root / "test.json"`` and merged last, sends rank ``r``'s checkpoints to
     ``root / f"models_rank{r}"`` and its outputs to ``root / f"eval_rank{r}"``, and has every rank save
     ``@<network>.module.state_dict()`` (without the ``DistributedDataParallel`` wrapper) to ``root / f"rank{r}.pt"``
-    when its trainer completes.
+    when its trainer completes (and to ``rank{r}_start.pt`` when it starts).
 
     Args:
         bundle: folder name under ``bundles/``.
-        root: an empty folder for everything the run writes.
+        root: a new or empty folder for everything the run writes.
         network: config id of the ``DistributedDataParallel`` network (``"method"`` or ``"network"``).
+        torchrun_args: how torchrun starts the processes (``--standalone --nproc_per_node=2``, a rendezvous, ...).
         test_overrides: more config ids and values for the test-only config.
-
-    Returns:
-        ``root``.
     """
     rank = "os.environ['RANK']"
-    save = f"torch.save(@{network}.module.state_dict(), '{root}/rank' + {rank} + '.pt')"
+    def save(suffix: str) -> str:
+        return f"torch.save(@{network}.module.state_dict(), '{root}/rank' + {rank} + '{suffix}.pt')"
+
     test_config = {
         "ckpt_dir": f"$'{root}/models_rank' + {rank}",
         "output_dir": f"$'{root}/eval_rank' + {rank}",
         "+initialize": [
             "$from ignite.engine import Events",
-            f"$@train#trainer.add_event_handler(Events.COMPLETED, lambda engine: {save})",
+            f"$@train#trainer.add_event_handler(Events.STARTED, lambda engine: {save('_start')})",
+            f"$@train#trainer.add_event_handler(Events.COMPLETED, lambda engine: {save('')})",
         ],
         **test_overrides,
     }
+    root.mkdir(parents=True, exist_ok=True)
     (root / "test.json").write_text(json.dumps(test_config, indent=4))
     configs = [str(REPO_ROOT / "bundles" / bundle / "configs" / name) for name in CONFIGS] + [str(root / "test.json")]
     # python -m torch.distributed.run is torchrun, here of this interpreter's torch
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "monai.bundle", "run", "--config_file", str(configs)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return [sys.executable, "-m", "torch.distributed.run", *torchrun_args, "-m", "monai.bundle", "run",
+            "--config_file", str(configs)]
+
+
+# one thread per process; toy_methods (the tests' folder) importable by the test-only configs
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+
+
+def torchrun_bundle(bundle: str, root: Path, network: str, nproc: int = 2, **test_overrides) -> Path:
+    """Train ``bundle`` on ``nproc`` processes of this machine (``torchrun --standalone``); fail with its output.
+    See :func:`torchrun_command` for the arguments.
+
+    Returns:
+        ``root``.
+    """
+    command = torchrun_command(bundle, root, network, ["--standalone", f"--nproc_per_node={nproc}"], **test_overrides)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=TORCHRUN_ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-8000:]}"
     return root
 
@@ -122,3 +145,85 @@ def test_slice_classification_ranks_share_weights(tmp_path):
     metrics = json.loads((root / "eval_rank0" / "test_metrics.json").read_text())
     assert set(metrics) == {"test_accuracy", "test_auc", "test_f1"} and 0 <= metrics["test_accuracy"] <= 1
     assert list((root / "eval_rank0" / "gradcam").glob("*.png"))
+
+
+def deterministic_spark2d(dataset_dir: Path, global_batch_size: int, batch_size: int) -> dict:
+    """Test-only settings of spark2d_pretrain that leave batching as the only difference between runs: 8 fixed
+    images read in order (no shuffling), without augmentation, and a method without random masks or batch
+    statistics (:class:`toy_methods.ToyAutoencoder`); one epoch, all its iterations."""
+    return {
+        "dataset_dir": str(dataset_dir),
+        "global_batch_size": global_batch_size,
+        "batch_size": batch_size,
+        "epoch_length": "$len(@train#dataloader)",
+        "train#preprocessing": "$monai.transforms.Compose(common.transforms.slices.load_slice_transforms(['image']))",
+        "train#dataloader#shuffle": False,
+        "train#sampler#shuffle": False,
+        "method_def": "$__import__('toy_methods').ToyAutoencoder(spatial_dims=2)",
+    }
+
+
+@pytest.fixture
+def eight_slices(tmp_path) -> Path:
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(8):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(folder / f"slice_{index}.png")
+    return folder
+
+
+def logged_batch(root: Path) -> dict[str, str]:
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'eval_rank0' / 'mlruns.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("spark2d_pretrain").experiment_id])
+    return {key: run.data.params[key] for key in ("global_batch_size", "world_size", "accumulation_steps")}
+
+
+def final_state(root: Path) -> dict:
+    return torch.load(root / "models_rank0" / "checkpoint_final.pt", weights_only=False)["trainer"]
+
+
+def test_one_and_two_processes_step_with_the_same_global_batch_to_the_same_weights(tmp_path, eight_slices):
+    # global batch 4: one process accumulates 2 iterations of 2 images; two processes take 2 images each
+    one = torchrun_bundle("spark2d_pretrain", tmp_path / "one", "method", nproc=1,
+                          **deterministic_spark2d(eight_slices, global_batch_size=4, batch_size=2))
+    two = torchrun_bundle("spark2d_pretrain", tmp_path / "two", "method", nproc=2,
+                          **deterministic_spark2d(eight_slices, global_batch_size=4, batch_size=2))
+    assert logged_batch(one) == {"global_batch_size": "4", "world_size": "1", "accumulation_steps": "2"}
+    assert logged_batch(two) == {"global_batch_size": "4", "world_size": "2", "accumulation_steps": "1"}
+    assert (final_state(one)["iteration"], final_state(one)["optimizer_steps"]) == (4, 2)
+    assert (final_state(two)["iteration"], final_state(two)["optimizer_steps"]) == (2, 2)
+    start, reference = (torch.load(one / name, weights_only=True) for name in ("rank0_start.pt", "rank0.pt"))
+    assert all(torch.equal(value, torch.load(two / "rank0_start.pt")[name]) for name, value in start.items())
+    assert all(not torch.allclose(reference[name], value) for name, value in start.items())  # two steps moved them
+    weights, out_of_sync, _ = rank_weights(two)
+    assert not out_of_sync
+    for name, value in reference.items():
+        torch.testing.assert_close(weights[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_world_size_that_cannot_keep_the_global_batch_stops_with_a_clear_error(tmp_path, eight_slices):
+    command = torchrun_command("spark2d_pretrain", tmp_path / "three", "method", ["--standalone", "--nproc_per_node=3"],
+                               **deterministic_spark2d(eight_slices, global_batch_size=4, batch_size=2))
+    result = subprocess.run(command, cwd=REPO_ROOT, env=TORCHRUN_ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "global_batch_size 4 cannot be kept on 3 process(es)" in result.stdout + result.stderr
+
+
+def test_two_nodes_meet_through_the_c10d_rendezvous_and_finish_with_identical_weights(tmp_path, eight_slices):
+    root = tmp_path / "nodes"
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    rendezvous = ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=localhost:{port}",
+                  "--rdzv_id=global_batch_test"]
+    command = torchrun_command("spark2d_pretrain", root, "method", rendezvous,
+                               **deterministic_spark2d(eight_slices, global_batch_size=4, batch_size=2))
+    nodes = [subprocess.Popen(command, cwd=REPO_ROOT, env=TORCHRUN_ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n\n".join(output[-4000:] for output in outputs)
+    weights, out_of_sync, _ = rank_weights(root)
+    assert not out_of_sync, f"the nodes' weights differ: {sorted(out_of_sync)}"
+    assert logged_batch(root) == {"global_batch_size": "4", "world_size": "2", "accumulation_steps": "1"}
+    assert (final_state(root)["iteration"], final_state(root)["optimizer_steps"]) == (2, 2)

@@ -241,7 +241,7 @@ def interruptible_run(tmp_path, signum=None, at_iteration=None, accumulation_ste
     handlers = [
         GracefulInterrupt(str(tmp_path), mlflow_handler=mlflow_handler),
         MidEpochResume(),
-        lr_schedule(trainer.optimizer, lr=0.1, min_lr=0.01, warmup_iterations=2),
+        lr_schedule(trainer.optimizer, lr=0.1, min_lr=0.01, warmup_steps=2),
     ]
     for handler in handlers:
         handler.attach(trainer)

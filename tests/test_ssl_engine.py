@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from ignite.engine import Events
 from mlflow.tracking import MlflowClient
 from monai.handlers import CheckpointLoader, CheckpointSaver, MLFlowHandler
@@ -18,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from common.engine import (
     MomentumTeacher,
+    OptimizerEvents,
     ReconstructionSnapshots,
     SelfSupervisedTrainer,
     latest_checkpoint,
@@ -28,29 +28,9 @@ from common.engine import (
     weight_decay_schedule,
 )
 from common.previews import HEADER_HEIGHT, column_label_lines, orthogonal_slices_png
+from toy_methods import ToyAutoencoder
 
 SHAPE = (1, 8, 8, 8)
-
-
-class ToyAutoencoder(nn.Module):
-    """A tiny conv autoencoder: the reconstruction loss, its named part and, when asked, the images to look at."""
-
-    def __init__(self, loss_scale: float = 1.0):
-        super().__init__()
-        self.encoder = nn.Conv3d(1, 4, 3, padding=1)
-        self.decoder = nn.Conv3d(4, 1, 1)
-        self.loss_scale = loss_scale
-        self.batch_keys: set[str] = set()
-
-    def forward(self, batch: dict, images: bool = False) -> dict:
-        self.batch_keys = set(batch)
-        image = batch["image"]
-        reconstruction = self.decoder(torch.relu(self.encoder(image)))
-        recon = F.mse_loss(reconstruction, image)
-        result = {"loss": self.loss_scale * recon, "loss/recon": recon.detach()}
-        if images:
-            result["images"] = {"input": image, "reconstruction": reconstruction}
-        return result
 
 
 class ToyTeacherStudent(nn.Module):
@@ -152,6 +132,24 @@ def test_gradient_accumulation_matches_one_step_on_the_larger_batch():
     assert steps == [0, 1, 2, 2, 3, 4]
 
 
+def test_a_short_last_window_steps_with_the_mean_gradient_of_its_batches():
+    torch.manual_seed(0)
+    method = ToyAutoencoder()
+    data = loader(5, batch_size=1)
+    trainer = make_trainer(method, data, accumulation_steps=3)  # windows: iterations 1-3, then 4-5 of 5
+    starts, gradients = [], []
+    trainer.add_event_handler(Events.ITERATION_STARTED(once=4), lambda e: starts.append(copy.deepcopy(method)))
+    trainer.add_event_handler(OptimizerEvents.STEP_COMPLETED,
+                              lambda e: gradients.append([p.grad.clone() for p in method.parameters()]))
+    trainer.run()
+    assert trainer.state.optimizer_steps == 2
+    window = starts[0]  # the weights the last window's gradients were taken at
+    for batch in list(data)[3:]:
+        (window(batch)["loss"] / 2).backward()  # the mean over the window's two batches
+    for expected, taken in zip(window.parameters(), gradients[1]):
+        torch.testing.assert_close(taken, expected.grad)
+
+
 @pytest.fixture
 def single_process_group():
     """A one-process gloo group: enough for DistributedDataParallel's gradient all-reduce and its hooks."""
@@ -223,7 +221,7 @@ def test_lr_warmup_cosine_and_weight_decay_schedules_per_iteration():
     method = ToyAutoencoder()
     optimizer = torch.optim.AdamW(param_groups(method, weight_decay=0.04), lr=123.0)
     schedules = [
-        lr_schedule(optimizer, lr=1.0, min_lr=0.01, warmup_iterations=3),
+        lr_schedule(optimizer, lr=1.0, min_lr=0.01, warmup_steps=3),
         weight_decay_schedule(optimizer, weight_decay=0.04, final_weight_decay=0.2),
     ]
     trainer = make_trainer(method, loader(5, batch_size=1), max_epochs=2, optimizer=optimizer, train_handlers=schedules)
@@ -237,6 +235,24 @@ def test_lr_warmup_cosine_and_weight_decay_schedules_per_iteration():
     assert decays[0] == pytest.approx(0.04) and decays[-1] == pytest.approx(0.2)
     assert all(a < b for a, b in zip(decays, decays[1:]))
     assert all(g[1]["weight_decay"] == 0.0 for g in groups)
+
+
+def test_schedules_count_optimizer_steps_when_gradients_accumulate():
+    method = ToyAutoencoder()
+    optimizer = torch.optim.SGD(method.parameters(), lr=123.0)
+    schedule = lr_schedule(optimizer, lr=1.0, min_lr=0.01, warmup_epochs=1)
+    # 5 iterations per epoch in windows of 2: windows 1-2, 3-4, 5 (short), 3 optimizer steps per epoch, 6 in all
+    trainer = make_trainer(method, loader(5, batch_size=1), max_epochs=2, optimizer=optimizer, accumulation_steps=2,
+                           train_handlers=[schedule])
+    lrs = record(trainer, Events.ITERATION_STARTED, lambda e: optimizer.param_groups[0]["lr"])
+    trainer.run()
+    assert (schedule.warmup_steps, schedule.total_steps, trainer.state.optimizer_steps) == (3, 6, 6)
+    per_step = [warmup_cosine(step, peak_value=1.0, end_value=0.01, total_steps=6, warmup_steps=3) for step in range(6)]
+    windows = [0, 0, 1, 1, 2, 3, 3, 4, 4, 5]  # the step each iteration's window ends with
+    assert lrs == pytest.approx([per_step[step] for step in windows])
+    assert per_step[:4] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0]) and per_step[-1] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="not both"):
+        lr_schedule(optimizer, lr=1.0, min_lr=0.01, warmup_steps=2, warmup_epochs=1)
 
 
 def test_momentum_teacher_follows_the_cosine_from_base_to_one():
@@ -346,7 +362,7 @@ def test_checkpoint_and_resume_continue_at_the_right_epoch_and_iteration(tmp_pat
     def setup(max_epochs):
         method = ToyAutoencoder()
         optimizer = torch.optim.Adam(method.parameters(), lr=1e-2)
-        schedule = lr_schedule(optimizer, lr=1e-2, min_lr=1e-4, warmup_iterations=2, total_iterations=4)
+        schedule = lr_schedule(optimizer, lr=1e-2, min_lr=1e-4, warmup_steps=2, total_steps=4)
         trainer = make_trainer(method, loader(2, batch_size=1), max_epochs=max_epochs, optimizer=optimizer)
         schedule.attach(trainer)
         return method, optimizer, trainer

@@ -1,7 +1,7 @@
 """The ignite glue shared by the bundles: checkpoints and resuming, experiment tracking, the run guards (non-finite
 values, Ctrl-C, validation at the last epoch, the loss in the progress bar), inference's output policy (weights must
-exist, earlier outputs are never overwritten unasked), and the self-supervised trainer with its
-schedules, momentum teacher, reconstruction snapshots and export."""
+exist, earlier outputs are never overwritten unasked), the global batch on any number of processes, and the
+self-supervised trainer with its schedules, momentum teacher, reconstruction snapshots and export."""
 
 from common.engine.batches import batch_files
 from common.engine.checkpoints import latest_checkpoint, prepare_checkpoint_dir
@@ -9,6 +9,7 @@ from common.engine.ema import MomentumTeacher
 from common.engine.embeddings import EmbeddingsWriter, PooledFeaturesInferer
 from common.engine.export import MaskedReconstructionInferer
 from common.engine.freezing import HeadFirstFineTuning
+from common.engine.global_batch import accumulation_steps, world_size
 from common.engine.gradcam import GradCamSaver, save_gradcam_overlays
 from common.engine.interrupt import GracefulInterrupt, exit_if_interrupted
 from common.engine.nonfinite import NonFiniteGuard
@@ -48,6 +49,7 @@ __all__ = [
     "SelfSupervisedTrainer",
     "TrainerState",
     "TrainingProgress",
+    "accumulation_steps",
     "batch_files",
     "exit_if_interrupted",
     "keep_one_mlflow_handler",
@@ -62,4 +64,5 @@ __all__ = [
     "tracking_uri",
     "warmup_cosine",
     "weight_decay_schedule",
+    "world_size",
 ]

@@ -1,6 +1,8 @@
-"""Which iterations end with an optimizer step when gradients are accumulated."""
+"""Which iterations end with an optimizer step when gradients are accumulated, and how many steps an epoch makes."""
 
 from __future__ import annotations
+
+import math
 
 from ignite.engine import Engine
 
@@ -25,3 +27,21 @@ def ends_accumulation_window(engine: Engine) -> bool:
         return iteration % accumulation_steps == 0
     in_epoch = (iteration - 1) % epoch_length + 1
     return in_epoch % accumulation_steps == 0 or in_epoch == epoch_length
+
+
+def optimizer_steps_per_epoch(engine: Engine) -> int:
+    """Optimizer steps of one epoch: ``ceil(epoch_length / accumulation_steps)`` (the last window may be shorter).
+
+    Raises:
+        ValueError: the engine's epoch length is unknown.
+    """
+    if engine.state.epoch_length is None:
+        raise ValueError("the epoch length is unknown: give the schedule its total number of optimizer steps")
+    return math.ceil(engine.state.epoch_length / getattr(engine, "accumulation_steps", 1))
+
+
+def optimizer_step_index(engine: Engine) -> int:
+    """The 0-based index of the optimizer step that the current iteration's window ends with: the steps made so far
+    (``engine.state.optimizer_steps`` of a :class:`common.engine.SelfSupervisedTrainer`; for a trainer that steps at
+    every iteration, such as MONAI's ``SupervisedTrainer``, the iterations before this one)."""
+    return getattr(engine.state, "optimizer_steps", engine.state.iteration - 1)

@@ -5,11 +5,10 @@ The update itself is the method's ``update_teacher`` (:func:`common.methods.mome
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from common.engine.accumulation import optimizer_steps_per_epoch
 from common.engine.schedules import warmup_cosine
 from common.engine.trainer import OptimizerEvents, SelfSupervisedTrainer
 
@@ -54,10 +53,7 @@ class MomentumTeacher:
                 f"{type(method).__name__} does not"
             )
         if self.total_steps is None:
-            if engine.state.epoch_length is None:
-                raise ValueError("MomentumTeacher: epoch length unknown, pass total_steps")
-            steps_per_epoch = math.ceil(engine.state.epoch_length / engine.accumulation_steps)
-            self.total_steps = engine.state.max_epochs * steps_per_epoch
+            self.total_steps = engine.state.max_epochs * optimizer_steps_per_epoch(engine)
         engine.add_event_handler(OptimizerEvents.STEP_COMPLETED, self)
 
     def __call__(self, engine: SelfSupervisedTrainer) -> None:

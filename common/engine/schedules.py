@@ -1,14 +1,20 @@
-"""Per-iteration schedules of self-supervised pre-training and the parameter groups they act on.
+"""Per-optimizer-step schedules of self-supervised pre-training and the parameter groups they act on.
 
 * learning rate: linear warm-up from 0, then cosine decay to ``min_lr`` (MAE, SparK, DINO);
 * weight decay: cosine from ``weight_decay`` to ``final_weight_decay``, e.g. 0.04 -> 0.4 in DINO, 0.04 -> 0.2 in
   SparK, applied only to the decaying parameter group of :func:`param_groups`.
 
-The schedules are stateless: each value is a function of ``engine.state.iteration``, so a run resumed from a
-checkpoint continues the schedule where it stopped without extra checkpoint entries. ignite's
-``CosineAnnealingScheduler`` / ``create_lr_scheduler_with_warmup`` were not used for that reason (their
-progress is an internal counter that restarts at 0 unless the scheduler itself is checkpointed), and because
-a ``CyclicalScheduler`` restarts its cycle instead of reaching and holding its end value.
+A schedule's clock is the optimizer step, not the iteration: with gradient accumulation every iteration of a window
+sees the value of the step the window ends with, a shorter last window of an epoch is one step like the others,
+and the length of the warm-up and of the whole schedule are counted in the steps the run really makes
+(:func:`common.engine.accumulation.optimizer_steps_per_epoch`), whatever the world size and accumulation.
+
+The schedules are stateless: each value is a function of the trainer's step count (``engine.state.optimizer_steps``,
+checkpointed with the trainer), so a resumed run continues the schedule where it stopped without extra checkpoint
+entries. ignite's ``CosineAnnealingScheduler`` / ``create_lr_scheduler_with_warmup`` were not used for that reason
+(their progress is an internal counter that restarts at 0 unless the scheduler itself is checkpointed, and it
+counts iterations), and because a ``CyclicalScheduler`` restarts its cycle instead of reaching and holding its end
+value.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from collections.abc import Sequence
 from ignite.engine import Engine, Events
 from torch import nn
 from torch.optim import Optimizer
+
+from common.engine.accumulation import optimizer_step_index, optimizer_steps_per_epoch
 
 # Parameters never decayed whatever their shape (SparK / MAE convention), besides biases and 1-D tensors.
 NO_DECAY_NAMES = ("mask_token", "pos_embed", "position_embeddings", "cls_token")
@@ -67,20 +75,24 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class CosineSchedule:
-    """Sets an optimizer hyper-parameter at every iteration start to :func:`warmup_cosine` of the iteration.
-
-    Iteration ``engine.state.iteration`` (1-based) gets the value of step ``iteration - 1``.
+    """Sets an optimizer hyper-parameter at every iteration start to :func:`warmup_cosine` of the optimizer step that
+    the iteration's accumulation window ends with (:func:`common.engine.accumulation.optimizer_step_index`).
 
     Args:
         optimizer: the optimizer whose ``param_groups`` are updated.
         param_name: the group entry to set, e.g. ``"lr"`` or ``"weight_decay"``.
         peak_value: value at the end of the warm-up (at the start when there is none).
-        end_value: value at the last iteration and after.
-        warmup_iterations: length of the linear warm-up from ``warmup_start_value``.
-        warmup_start_value: value at the first iteration when warming up.
-        total_iterations: iterations of the whole run; ``None``: ``max_epochs * epoch_length`` of the engine
-            when attached.
+        end_value: value at the last optimizer step and after.
+        warmup_steps: optimizer steps of the linear warm-up from ``warmup_start_value``.
+        warmup_epochs: the warm-up in epochs instead (``warmup_steps`` must then be 0): that many epochs' optimizer
+            steps, rounded, when attached.
+        warmup_start_value: value at the first step when warming up.
+        total_steps: optimizer steps of the whole run; ``None``: ``max_epochs`` times the engine's optimizer steps
+            per epoch when attached.
         param_group_indices: the groups to set; ``None``: all.
+
+    Raises:
+        ValueError: both ``warmup_steps`` and ``warmup_epochs`` are given.
     """
 
     def __init__(
@@ -90,18 +102,22 @@ class CosineSchedule:
         *,
         peak_value: float,
         end_value: float,
-        warmup_iterations: int = 0,
+        warmup_steps: int = 0,
+        warmup_epochs: float = 0.0,
         warmup_start_value: float = 0.0,
-        total_iterations: int | None = None,
+        total_steps: int | None = None,
         param_group_indices: Sequence[int] | None = None,
     ) -> None:
+        if warmup_steps and warmup_epochs:
+            raise ValueError(f"{param_name} schedule: give warmup_steps or warmup_epochs, not both")
         self.optimizer = optimizer
         self.param_name = param_name
         self.peak_value = peak_value
         self.end_value = end_value
-        self.warmup_iterations = warmup_iterations
+        self.warmup_steps = warmup_steps
+        self.warmup_epochs = warmup_epochs
         self.warmup_start_value = warmup_start_value
-        self.total_iterations = total_iterations
+        self.total_steps = total_steps
         indices = range(len(optimizer.param_groups)) if param_group_indices is None else param_group_indices
         self.param_group_indices = list(indices)
 
@@ -109,21 +125,21 @@ class CosineSchedule:
         """Set the value at every ``ITERATION_STARTED`` of ``engine``.
 
         Raises:
-            ValueError: ``total_iterations`` is not given and the engine's epoch length is unknown.
+            ValueError: the length of the run or of the warm-up needs the engine's epoch length, which is unknown.
         """
-        if self.total_iterations is None:
-            if engine.state.epoch_length is None:
-                raise ValueError(f"{self.param_name} schedule: epoch length unknown, pass total_iterations")
-            self.total_iterations = engine.state.max_epochs * engine.state.epoch_length
+        if self.warmup_epochs:
+            self.warmup_steps = round(self.warmup_epochs * optimizer_steps_per_epoch(engine))
+        if self.total_steps is None:
+            self.total_steps = engine.state.max_epochs * optimizer_steps_per_epoch(engine)
         engine.add_event_handler(Events.ITERATION_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
         value = warmup_cosine(
-            engine.state.iteration - 1,
+            optimizer_step_index(engine),
             peak_value=self.peak_value,
             end_value=self.end_value,
-            total_steps=self.total_iterations,
-            warmup_steps=self.warmup_iterations,
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps,
             warmup_start_value=self.warmup_start_value,
         )
         for index in self.param_group_indices:
@@ -135,10 +151,11 @@ def lr_schedule(
     *,
     lr: float,
     min_lr: float,
-    warmup_iterations: int,
-    total_iterations: int | None = None,
+    warmup_steps: int = 0,
+    warmup_epochs: float = 0.0,
+    total_steps: int | None = None,
 ) -> CosineSchedule:
-    """Learning rate of all groups: linear warm-up from 0 to ``lr``, then cosine to ``min_lr``.
+    """Learning rate of all groups: linear warm-up from 0 to ``lr``, then cosine to ``min_lr``, per optimizer step.
 
     See :class:`CosineSchedule` for the arguments; the handler goes into ``train_handlers``.
     """
@@ -147,8 +164,9 @@ def lr_schedule(
         "lr",
         peak_value=lr,
         end_value=min_lr,
-        warmup_iterations=warmup_iterations,
-        total_iterations=total_iterations,
+        warmup_steps=warmup_steps,
+        warmup_epochs=warmup_epochs,
+        total_steps=total_steps,
     )
 
 
@@ -157,9 +175,9 @@ def weight_decay_schedule(
     *,
     weight_decay: float,
     final_weight_decay: float,
-    total_iterations: int | None = None,
+    total_steps: int | None = None,
 ) -> CosineSchedule:
-    """Weight decay: cosine from ``weight_decay`` to ``final_weight_decay``, per iteration.
+    """Weight decay: cosine from ``weight_decay`` to ``final_weight_decay``, per optimizer step.
 
     Only groups whose weight decay is non-zero when this is called are scheduled, so the no-decay group of
     :func:`param_groups` stays at 0. See :class:`CosineSchedule` for the arguments.
@@ -170,6 +188,6 @@ def weight_decay_schedule(
         "weight_decay",
         peak_value=weight_decay,
         end_value=final_weight_decay,
-        total_iterations=total_iterations,
+        total_steps=total_steps,
         param_group_indices=decaying,
     )

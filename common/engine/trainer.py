@@ -108,10 +108,12 @@ class SelfSupervisedTrainer(Trainer):
         amp_dtype: autocast dtype overriding the default above; a scaler is used only for float16 on CUDA.
         grad_clip_norm: clip the total gradient norm (2-norm over the optimizer's parameters) to this value
             before each optimizer step; ``None`` does not clip.
-        accumulation_steps: accumulate gradients over this many iterations (each loss divided by it) before
-            one optimizer step and ``zero_grad``; a shorter last window of an epoch is stepped at the end of
-            the epoch. With an unknown epoch length (iterable data) a window may span two epochs. A
-            ``DistributedDataParallel`` method all-reduces the gradients once per window, in its last backward pass.
+        accumulation_steps: accumulate gradients over this many iterations before one optimizer step and
+            ``zero_grad``; each loss is divided by the iterations of its window, so a step's gradient is the mean
+            over the window's batches. The last window of an epoch ends with the epoch: when shorter, it is the
+            mean over the batches it holds. With an unknown epoch length (iterable data) a window may span two
+            epochs. A ``DistributedDataParallel`` method all-reduces (averages) the gradients once per window, in
+            its last backward pass (:mod:`common.engine.global_batch` derives this from the global batch).
         train_handlers: handlers with ``attach(engine)``, attached after everything above is set up, so they
             may read ``engine.method``, ``engine.optimizer``, ``engine.accumulation_steps`` and
             ``engine.state.epoch_length`` / ``max_epochs`` when attached.
@@ -169,6 +171,7 @@ class SelfSupervisedTrainer(Trainer):
         self.state_dict_user_keys.append("optimizer_steps")
         setattr(self.state, AMP_SKIPPED_STEPS, 0)
         self._micro_batches = 0  # passes of the current accumulation window, the running one included
+        self._window_length = accumulation_steps  # iterations of the current accumulation window
         self._window_files: dict[str, None] = {}  # files of the current accumulation window's batches, in order
         self.images_requested = False
         if train_handlers is not None:
@@ -210,11 +213,10 @@ class SelfSupervisedTrainer(Trainer):
         if engine._micro_batches == 0:
             engine.optimizer.zero_grad(set_to_none=True)
             engine._window_files = {}
+            engine._window_length = engine._next_window_length()
         engine._micro_batches += 1
         engine._window_files.update(dict.fromkeys(files))
-        epoch_length = engine.state.epoch_length
-        epoch_ends = epoch_length is not None and engine.state.iteration % epoch_length == 0
-        steps = engine._micro_batches == engine.accumulation_steps or epoch_ends
+        steps = engine._micro_batches == engine._window_length
         # DistributedDataParallel all-reduces the gradients in every backward pass unless forward and backward run
         # under its no_sync: only the window's last pass needs to.
         skip_sync = not steps and isinstance(engine.method, nn.parallel.DistributedDataParallel)
@@ -223,7 +225,7 @@ class SelfSupervisedTrainer(Trainer):
                 result = engine.inferer(batch, engine.method, **({"images": True} if engine.images_requested else {}))
             engine.images_requested = False
             losses = engine._loss_values(result, files)
-            loss = result[LOSS] / engine.accumulation_steps
+            loss = result[LOSS] / engine._window_length
             (engine.scaler.scale(loss) if engine.scaler is not None else loss).backward()
         if steps:
             engine._optimizer_step()
@@ -231,6 +233,14 @@ class SelfSupervisedTrainer(Trainer):
         if IMAGES in result:
             output[IMAGES] = {name: image[0].detach() for name, image in result[IMAGES].items()}
         return output
+
+    def _next_window_length(self) -> int:
+        """Iterations of the accumulation window that starts at this iteration: ``accumulation_steps``, or the rest
+        of the epoch where fewer are left (``state.iteration`` is this iteration, 1-based)."""
+        epoch_length = self.state.epoch_length
+        if epoch_length is None:
+            return self.accumulation_steps
+        return min(self.accumulation_steps, epoch_length - (self.state.iteration - 1) % epoch_length)
 
     def _loss_values(self, result: Mapping[str, Any], files: list[str]) -> dict[str, float]:
         """The logged scalars of the method output as floats, after checking that ``"loss"`` is there and finite.
