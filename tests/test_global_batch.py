@@ -61,3 +61,11 @@ def test_every_pretraining_bundle_derives_its_accumulation_from_its_global_batch
     assert per_iteration * parser.get_parsed_content("accumulation_steps") == global_batch
     if bundle in PAPER_GLOBAL_BATCH:
         assert global_batch == PAPER_GLOBAL_BATCH[bundle]
+
+
+def test_a_bundle_on_a_world_size_that_cannot_keep_its_global_batch_stops_with_the_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")  # as torchrun --nproc_per_node=3 sets it
+    parser = paper_settings("spark2d_pretrain")  # 32 images per step
+    with pytest.raises(RuntimeError) as raised:
+        parser.get_parsed_content("accumulation_steps")
+    assert "global_batch_size 32 cannot be kept on 3 process(es)" in str(raised.value.__cause__)

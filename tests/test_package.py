@@ -259,15 +259,14 @@ def test_monailabel_serves_the_packaged_bundle(tmp_path, shared_data):
     """MONAI Label's ``monaibundle`` app on this CPU with the packaged ``btcv_segmentation``: untrained weights of the
     papers' network (Swin UNETR, feature size 48, 96^3 windows: ``cpu_demo_scale`` false, as a GPU run saves them;
     4 mm voxels to keep it quick), packaged with no setting. ``/info/`` lists the organs of ``channel_def``,
-    ``/infer`` returns a label map of a real CT, ``/train/`` trains that network on it for two epochs (one step
-    each)."""
+    ``/infer`` returns a label map of a real CT, ``/train/`` trains that network on it for one epoch (one step)."""
     bundle = copy_bundle("btcv_segmentation", tmp_path / "src")
     weights = network_weights(bundle, tmp_path / "model.pt", {"cpu_demo_scale": False, "pixdim": [4.0, 4.0, 4.0]})
     assert torch.load(weights, weights_only=True)[SPEC_KEY]["arguments"]["roi_size"] == [96, 96, 96]
     artifact = package(str(bundle), weights=str(weights), dist=str(tmp_path / "dist"), releases=tmp_path / "r.json")
 
     image = shared_data / "totalsegmentator" / "example_ct_sm.nii.gz"
-    report = check_monailabel(str(artifact), image=str(image), work_dir=str(tmp_path / "work"))
+    report = check_monailabel(str(artifact), image=str(image), work_dir=str(tmp_path / "work"), train_epochs=1)
 
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     channel_def = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]

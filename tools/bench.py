@@ -6,7 +6,8 @@
 ``python -m tools.bench data``   training-pipeline iterations/s with ``CacheDataset`` against ``Dataset``
                                  on the demo data.
 ``python -m tools.bench data_scale``     each 3D pre-training bundle's loader over 8 and over 160 volumes of
-                                 160^3: peak memory and time to the first batch (:mod:`tools.bench_data`).
+                                 160^3, each 2D one's over 8 and 5000 slices of 512^2: peak memory and time to the
+                                 first batch (:mod:`tools.bench_data`).
 ``python -m tools.bench data_pipeline``  ``tools.prepare`` on synthetic 512 x 512 x 300 CTs (time, bytes), and one
                                  loader worker's samples/s of HySparK's paper pipeline reading sources afresh,
                                  prepared volumes afresh, a RAM cache and a disk cache.
@@ -48,6 +49,7 @@ from monai.transforms import LoadImaged
 from tools.bench_data import feed as data_feed_runs
 from tools.bench_data import pipeline as data_pipeline_runs
 from tools.bench_data import scale as data_scale_runs
+from tools.bench_data import slices_scale as data_slices_scale_runs
 from tools.bench_glmae import glmae_costs, mae3d_costs
 from tools.bench_mim import mim_costs
 from tools.bench_slices2d import slices2d_costs
@@ -204,10 +206,12 @@ def checks(shape: tuple[int, int, int] = (512, 512, 200), repeats: int = 3) -> d
         return result
 
 
-def data_scale(volumes: tuple[int, int] = (8, 160), size: int = 160) -> dict:
-    """Each 3D pre-training bundle's loader over ``volumes[0]`` and ``volumes[1]`` phantoms of ``size``^3."""
+def data_scale(volumes: tuple[int, int] = (8, 160), size: int = 160, slices: tuple[int, int] = (8, 5000)) -> dict:
+    """Each 3D pre-training bundle's loader over ``volumes[0]`` and ``volumes[1]`` phantoms of ``size``^3, and each 2D
+    one's over ``slices[0]`` and ``slices[1]`` PNG slices of 512^2."""
     with tempfile.TemporaryDirectory() as root:
-        return {"device": _device_name(torch.device("cpu")), **data_scale_runs(root, tuple(volumes), (size,) * 3)}
+        return {"device": _device_name(torch.device("cpu")), **data_scale_runs(root, tuple(volumes), (size,) * 3),
+                **data_slices_scale_runs(root, tuple(slices))}
 
 
 def data_pipeline(volumes: int = 4, num_workers: int | None = None) -> dict:

@@ -5,7 +5,8 @@
 (:func:`tools.measure.in_fresh_process`) so its peak memory is its own. :func:`phantom_collection` writes a data set
 of any size from a few phantoms. ``tests/test_dataset_cache.py`` uses both; :func:`scale` (``python -m tools.bench
 data_scale``) runs every 3D bundle over 8 and 160 volumes, :func:`pipeline` (``python -m tools.bench
-data_pipeline``) measures ``tools.prepare`` and one loader worker by data source and cache, and :func:`feed`
+data_pipeline``) measures ``tools.prepare`` and one loader worker by data source and cache, :func:`slices_scale`
+does what :func:`scale` does for the 2D bundles, and :func:`feed`
 (``python -m tools.bench data_feed``) sets each 3D bundle's loader against its training step at the paper's sizes.
 """
 
@@ -18,9 +19,11 @@ import time
 from pathlib import Path
 
 import nibabel as nib
-from monai.bundle import ConfigParser
+import numpy as np
 import torch
+from monai.bundle import ConfigParser
 from monai.data import DataLoader
+from PIL import Image
 
 from common.data import generate_phantom, pretraining_datalist, training_dataset
 from common.transforms import prepare_ct, pretraining_train_transforms
@@ -54,6 +57,23 @@ def bundle_parser(bundle: str, settings: dict, smoke: bool = True) -> ConfigPars
     parser.read_config([str(configs / "train.json")] + ([str(configs / "smoke.json")] if smoke else []))
     parser.update(settings)
     return parser
+
+
+def slice_collection(folder: str | Path, slices: int, distinct: int = 8, size: int = 512) -> Path:
+    """``folder`` with ``slices`` 8-bit PNG slices of ``size`` x ``size``: the middle axial slices of ``distinct``
+    phantoms (:func:`common.data.generate_phantom`, full HU range -1024..3071 to 0..255 as ``tools.extract_slices``
+    writes them), copied over and over, each copy a file of its own."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(slices):
+        path = folder / f"slice_{index:06d}.png"
+        if index < distinct:
+            volume, _, _ = generate_phantom(index, (size, size, 3), (0.8, 0.8, 1.0))
+            grey = (volume[:, :, 1].astype(np.float32) + 1024) / 4095 * 255
+            Image.fromarray(grey.clip(0, 255).round().astype(np.uint8)).save(path)
+        else:
+            shutil.copy(folder / f"slice_{index % distinct:06d}.png", path)
+    return folder
 
 
 def loader_run(bundle: str, dataset_dir: str, batches: int, settings: dict) -> dict:
@@ -94,6 +114,24 @@ def scale(root: str | Path, volumes: tuple[int, int] = (8, 160), shape: tuple = 
     root = Path(root)
     folders = [phantom_collection(root / f"ct_{count}", count, shape=shape) for count in volumes]
     settings = {"pixdim": [1.5, 1.5, 1.5], "num_workers": 0, "output_dir": str(root / "eval")}
+    results = {}
+    for bundle in bundles:
+        few, many = (in_fresh_process(loader_run, bundle, str(folder), 3, settings) for folder in folders)
+        results[bundle] = {"few": few, "many": many, "peak_mb_added": many["peak_mb"] - few["peak_mb"],
+                           "first_batch_s_added": many["first_batch_s"] - few["first_batch_s"]}
+    return results
+
+
+SLICE_BUNDLES = ("spark2d_pretrain", "moco2d_pretrain", "byol2d_pretrain", "swav2d_pretrain")
+
+
+def slices_scale(root: str | Path, slices: tuple[int, int] = (8, 5000), size: int = 512,
+                 bundles: tuple[str, ...] = SLICE_BUNDLES) -> dict:
+    """:func:`scale` for the 2D bundles: each ``train#dataloader`` over ``slices[0]`` and ``slices[1]`` PNG slices of
+    ``size``^2 (the default ``slices[1]`` lies above the 4096 slices that ``auto`` keeps in RAM)."""
+    root = Path(root)
+    folders = [slice_collection(root / f"slices_{count}", count, size=size) for count in slices]
+    settings = {"num_workers": 0, "output_dir": str(root / "eval")}
     results = {}
     for bundle in bundles:
         few, many = (in_fresh_process(loader_run, bundle, str(folder), 3, settings) for folder in folders)
