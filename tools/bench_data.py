@@ -104,16 +104,12 @@ def loader_run(bundle: str, dataset_dir: str, batches: int, settings: dict) -> d
 
 
 VOLUME_BUNDLES = ("hyspark_pretrain", "spark3d_pretrain", "mim_pretrain", "glmae_pretrain", "mae3d_pretrain")
+SLICE_BUNDLES = ("spark2d_pretrain", "moco2d_pretrain", "byol2d_pretrain", "swav2d_pretrain")
 
 
-def scale(root: str | Path, volumes: tuple[int, int] = (8, 160), shape: tuple = (160, 160, 160),
-          bundles: tuple[str, ...] = VOLUME_BUNDLES) -> dict:
-    """Each bundle's ``train#dataloader`` (default ``dataset_cache``, the smoke sizes at the phantoms' 1.5 mm) over
-    ``volumes[0]`` and over ``volumes[1]`` volumes of ``shape``, each in a fresh process: peak memory and time to the
-    first batch of both, and their differences."""
-    root = Path(root)
-    folders = [phantom_collection(root / f"ct_{count}", count, shape=shape) for count in volumes]
-    settings = {"pixdim": [1.5, 1.5, 1.5], "num_workers": 0, "output_dir": str(root / "eval")}
+def few_against_many(bundles: tuple[str, ...], folders: list[Path], settings: dict) -> dict:
+    """Each bundle's :func:`loader_run` (3 batches) on ``folders[0]`` and on ``folders[1]``, each in a fresh process:
+    both results, and the peak memory and time to the first batch that the larger data set adds."""
     results = {}
     for bundle in bundles:
         few, many = (in_fresh_process(loader_run, bundle, str(folder), 3, settings) for folder in folders)
@@ -122,7 +118,14 @@ def scale(root: str | Path, volumes: tuple[int, int] = (8, 160), shape: tuple = 
     return results
 
 
-SLICE_BUNDLES = ("spark2d_pretrain", "moco2d_pretrain", "byol2d_pretrain", "swav2d_pretrain")
+def scale(root: str | Path, volumes: tuple[int, int] = (8, 160), shape: tuple = (160, 160, 160),
+          bundles: tuple[str, ...] = VOLUME_BUNDLES) -> dict:
+    """Each bundle's ``train#dataloader`` (default ``dataset_cache``, the smoke sizes at the phantoms' 1.5 mm) over
+    ``volumes[0]`` and over ``volumes[1]`` volumes of ``shape`` (:func:`few_against_many`)."""
+    root = Path(root)
+    folders = [phantom_collection(root / f"ct_{count}", count, shape=shape) for count in volumes]
+    return few_against_many(bundles, folders, {"pixdim": [1.5, 1.5, 1.5], "num_workers": 0,
+                                               "output_dir": str(root / "eval")})
 
 
 def slices_scale(root: str | Path, slices: tuple[int, int] = (8, 5000), size: int = 512,
@@ -131,13 +134,7 @@ def slices_scale(root: str | Path, slices: tuple[int, int] = (8, 5000), size: in
     ``size``^2 (the default ``slices[1]`` lies above the 4096 slices that ``auto`` keeps in RAM)."""
     root = Path(root)
     folders = [slice_collection(root / f"slices_{count}", count, size=size) for count in slices]
-    settings = {"num_workers": 0, "output_dir": str(root / "eval")}
-    results = {}
-    for bundle in bundles:
-        few, many = (in_fresh_process(loader_run, bundle, str(folder), 3, settings) for folder in folders)
-        results[bundle] = {"few": few, "many": many, "peak_mb_added": many["peak_mb"] - few["peak_mb"],
-                           "first_batch_s_added": many["first_batch_s"] - few["first_batch_s"]}
-    return results
+    return few_against_many(bundles, folders, {"num_workers": 0, "output_dir": str(root / "eval")})
 
 
 def batch_samples(batch: dict) -> int:
