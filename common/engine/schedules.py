@@ -153,9 +153,11 @@ def lr_schedule(
     min_lr: float,
     warmup_steps: int = 0,
     warmup_epochs: float = 0.0,
+    warmup_start_lr: float = 0.0,
     total_steps: int | None = None,
 ) -> CosineSchedule:
-    """Learning rate of all groups: linear warm-up from 0 to ``lr``, then cosine to ``min_lr``, per optimizer step.
+    """Learning rate of all groups: linear warm-up from ``warmup_start_lr`` to ``lr``, then cosine to ``min_lr``, per
+    optimizer step.
 
     See :class:`CosineSchedule` for the arguments; the handler goes into ``train_handlers``.
     """
@@ -166,6 +168,7 @@ def lr_schedule(
         end_value=min_lr,
         warmup_steps=warmup_steps,
         warmup_epochs=warmup_epochs,
+        warmup_start_value=warmup_start_lr,
         total_steps=total_steps,
     )
 

@@ -1,0 +1,57 @@
+"""Each pre-training bundle's named recipes (common.recipes): ``paper`` resolves to what the paper states,
+``official`` to the official code's values, ``cpu_demo`` on a machine without CUDA; an unknown name is an error.
+
+The expected values are written out here from their sources, not read from the configs: the paper's full text in
+``../shared/papers/`` and the official repository's defaults (the file named with each value)."""
+
+import pytest
+from monai.bundle import ConfigParser
+
+from common.recipes import recipe_settings
+from conftest import REPO_ROOT
+
+# HySparK, Sec. 3.2: "AdamW optimizer, an initial learning rate of 1e-4, and a cosine-annealing learning rate
+# scheduler [...] a batch-size of 8 on a single GPU and 100 epochs"; Sec. 3.1: "We crop sub-volumes of 96 x 96 x 96
+# voxels"; Sec. 3.4 (Table 4): "a 75% mask ratio achieves the best performance".
+# Official code (FengheTan9/HySparK): utils/arg_util.py bs 1, base_lr 1e-4, wd 0.04, wde 0.2, ep 100, wp_ep 40,
+# clip 5, mask 0.75, input_size 96; utils/med_dataset.py num_samples 4 crops per volume; utils/lr_control.py warm-up
+# from 0.005 x peak, cosine to 0.001 x peak.
+EXPECTED = {
+    "hyspark_pretrain": {
+        "paper": {"global_batch_size": 8, "learning_rate": 1e-4, "max_epochs": 100, "mask_ratio": 0.75,
+                  "roi_size": [96, 96, 96]},
+        "official": {"global_batch_size": 4, "learning_rate": 1e-4, "max_epochs": 100, "warmup_epochs": 40,
+                     "mask_ratio": 0.75, "roi_size": [96, 96, 96], "num_samples": 4, "weight_decay": 0.04,
+                     "final_weight_decay": 0.2, "grad_clip_norm": 5.0, "min_learning_rate": 1e-7},
+    },
+}
+
+
+def resolved(bundle: str, **settings) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / "train.json"))
+    parser.update(settings)
+    return parser
+
+
+@pytest.mark.parametrize("bundle, recipe", [(bundle, recipe) for bundle in EXPECTED for recipe in EXPECTED[bundle]])
+def test_the_recipe_resolves_to_its_sources_values(bundle, recipe, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    settings = {"cpu_demo_scale": False} if recipe == "paper" else {"cpu_demo_scale": False, "recipe": recipe}
+    parser = resolved(bundle, **settings)
+    assert parser.get_parsed_content("hyper_parameters")["recipe"] == recipe  # logged to MLflow
+    for key, value in EXPECTED[bundle][recipe].items():
+        assert parser.get_parsed_content(key) == pytest.approx(value), key
+
+
+@pytest.mark.parametrize("bundle", sorted(EXPECTED))
+def test_the_cpu_demo_is_the_default_without_cuda_and_an_unknown_recipe_is_an_error(bundle):
+    assert resolved(bundle, cpu_demo_scale=True).get_parsed_content("recipe") == "cpu_demo"
+    with pytest.raises(RuntimeError) as raised:
+        resolved(bundle, recipe="papr").get_parsed_content("learning_rate")
+    assert "unknown recipe 'papr'" in str(raised.value.__cause__) and "'official'" in str(raised.value.__cause__)
+
+
+def test_recipes_must_set_the_same_keys():
+    with pytest.raises(ValueError, match=r"'official': \['warmup_epochs'\]"):
+        recipe_settings({"paper": {"lr": 1, "warmup_epochs": 2}, "official": {"lr": 1}}, "paper")
