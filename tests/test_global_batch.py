@@ -9,9 +9,11 @@ from conftest import REPO_ROOT
 
 PRETRAINING_BUNDLES = sorted(path.parent.parent.name for path in REPO_ROOT.glob("bundles/*_pretrain/configs/train.json"))
 # samples per optimizer step that each paper states (HySparK Sec. 3.2, MiM Table II, GL-MAE "Pre-training setting",
-# Wolf et al. Tables 4-7); SparK-3D and MAE3D are baselines no paper here gives a batch for
-PAPER_GLOBAL_BATCH = {"hyspark_pretrain": 8, "mim_pretrain": 256, "glmae_pretrain": 256, "spark2d_pretrain": 32,
-                      "moco2d_pretrain": 64, "byol2d_pretrain": 64, "swav2d_pretrain": 128}
+# Wolf et al. Tables 4-7); the baselines SparK-3D and MAE3D take the setting of the paper that runs them (HySparK's,
+# GL-MAE's; tests/test_recipes.py)
+PAPER_GLOBAL_BATCH = {"hyspark_pretrain": 8, "spark3d_pretrain": 8, "mim_pretrain": 256, "glmae_pretrain": 256,
+                      "mae3d_pretrain": 256, "spark2d_pretrain": 32, "moco2d_pretrain": 64, "byol2d_pretrain": 64,
+                      "swav2d_pretrain": 128}
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,38 @@ EXPECTED = {
                      "weight_decay": 0.05, "betas": [0.9, 0.95], "min_learning_rate": 0.0, "grad_clip_norm": None,
                      "num_samples": 1, "contrast_loss": "byol", "roi_size": [192, 192, 192]},
     },
+    # SparK-3D, HySparK's baseline (no SparK-3D paper, no official 3D SparK code). HySparK, Sec. 3.2: "AdamW
+    # optimizer, an initial learning rate of 1e-4, and a cosine-annealing learning rate scheduler [...] a batch-size of
+    # 8 on a single GPU and 100 epochs" (stated for its pre-training, no method named; "MAE, SimMIM, and SparK methods
+    # are obtained by using official codes and extending them to 3D"); Sec. 3.1: "We crop sub-volumes of 96 x 96 x 96
+    # voxels". Silent values from the HySparK code (FengheTan9/HySparK): utils/arg_util.py wd 0.04, wde 0.2, wp_ep 40,
+    # clip 5, mask 0.75; utils/med_dataset.py 4 crops per volume; utils/lr_control.py cosine to 0.001 x peak.
+    # official: SparK's official 2D code (keyu-tian/SparK) where it carries over to 3D: pretrain/utils/arg_util.py
+    # mask 0.6 (its bs 4096, ep 1600 and LAMB at base_lr 2e-4 x bs / 256 are ImageNet's: as paper).
+    "spark3d_pretrain": {
+        "paper": {"global_batch_size": 8, "learning_rate": 1e-4, "max_epochs": 100, "warmup_epochs": 40,
+                  "mask_ratio": 0.75, "roi_size": [96, 96, 96], "num_samples": 4, "weight_decay": 0.04,
+                  "final_weight_decay": 0.2, "grad_clip_norm": 5.0, "min_learning_rate": 1e-7},
+        "official": {"global_batch_size": 8, "learning_rate": 1e-4, "max_epochs": 100, "warmup_epochs": 40,
+                     "mask_ratio": 0.6, "weight_decay": 0.04, "final_weight_decay": 0.2, "grad_clip_norm": 5.0,
+                     "min_learning_rate": 1e-7},
+    },
+    # MAE3D, GL-MAE's baseline (the MAE3D paper is not in ../shared/papers/). GL-MAE, Experiments, "Pre-training
+    # setting": "1600 epochs [...] an initial learning rate of 1e-2, employing AdamW [...] a batch size of 256" (no
+    # method named); "Analysis of mask ratio": "a mask ratio of 0.6 would be best [...] a very high mask ratio, like
+    # 0.7, is not ideal [...] consistent with the findings on MAE3D in our implementation". Silent values from MAE's
+    # code (facebookresearch/mae): main_pretrain.py betas (0.9, 0.95), warmup_epochs 40, min_lr 0, weight_decay 0.05,
+    # no clipping. official: MAE3D's code (chenz53/MIM-Med3D), code/configs/ssl/btcv/vitmae_base_m0.75.yaml: AdamW lr
+    # 3e-4, weight_decay 0.05, warmup_epochs 300, max_epochs 3000, eta_min 1e-4, masking_ratio 0.75, batch_size 4
+    # per GPU; code/data/btcv_dataset.py 4 crops of 96^3 per volume (16 crops per GPU).
+    "mae3d_pretrain": {
+        "paper": {"global_batch_size": 256, "learning_rate": 1e-2, "max_epochs": 1600, "warmup_epochs": 40,
+                  "min_learning_rate": 0.0, "weight_decay": 0.05, "betas": [0.9, 0.95], "grad_clip_norm": None,
+                  "mask_ratio": 0.6, "num_samples": 4},
+        "official": {"global_batch_size": 16, "learning_rate": 3e-4, "max_epochs": 3000, "warmup_epochs": 300,
+                     "min_learning_rate": 1e-4, "weight_decay": 0.05, "betas": [0.9, 0.999], "grad_clip_norm": None,
+                     "mask_ratio": 0.75, "num_samples": 4},
+    },
 }
 
 
