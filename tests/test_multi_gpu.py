@@ -48,6 +48,7 @@ def torchrun_command(bundle: str, root: Path, network: str, torchrun_args: list[
         test_overrides: more config ids and values for the test-only config.
     """
     rank = "os.environ['RANK']"
+
     def save(suffix: str) -> str:
         return f"torch.save(@{network}.module.state_dict(), '{root}/rank' + {rank} + '{suffix}.pt')"
 
