@@ -86,6 +86,65 @@ EXPECTED = {
                      "min_learning_rate": 1e-4, "weight_decay": 0.05, "betas": [0.9, 0.999], "grad_clip_norm": None,
                      "mask_ratio": 0.75, "num_samples": 4},
     },
+    # Wolf et al., Sci. Rep. 2023, Supplementary Table 7 ("Hyperparameter SparK"): "Patch Size 32 x 32", "Mask Ratio
+    # 60%", "Batch Size 32", "Optimizer LAMB", "Learning rate Cosine Annealing (peak: 25e-6)" (= 2e-4 x 32 / 256);
+    # "Downstream Evaluation": "All pre-trainings ran for 900 epochs". Silent values from the official code: the study's
+    # Pre-Training/Masked_Autoencoder (SparK's official code, run with --bs=32, its README), i.e. keyu-tian/SparK
+    # pretrain/utils/arg_util.py base_lr 2e-4, input_size 224, wd 0.04, wde 0.2, wp_ep 40, clip 5, mask 0.6, ep 1600;
+    # utils/lr_control.py warm-up from 0.005 x peak, cosine to 0.001 x peak; utils/imagenet.py crop scale (0.67, 1).
+    "spark2d_pretrain": {
+        "paper": {"global_batch_size": 32, "learning_rate": 2.5e-5, "max_epochs": 900, "warmup_epochs": 40,
+                  "mask_ratio": 0.6, "image_size": 224, "crop_scale": [0.67, 1.0], "weight_decay": 0.04,
+                  "final_weight_decay": 0.2, "grad_clip_norm": 5.0, "min_learning_rate": 2.5e-8},
+        "official": {"global_batch_size": 32, "learning_rate": 2.5e-5, "max_epochs": 1600, "warmup_epochs": 40,
+                     "mask_ratio": 0.6, "image_size": 224, "crop_scale": [0.67, 1.0]},
+    },
+    # Wolf et al., Supplementary Table 4 ("Hyperparameter MoCo"): "Number of Crops 2", "Size of Crops 224 x 224",
+    # "Optimizer SGD", "Batch Size 64", "Learning Rate 1e-4", "Momentum 0.9"; "All pre-trainings ran for 900 epochs".
+    # Silent values from the official code (Wolfda95/SSL-MedicalImagining-CL-MAE, Pre-Training/Contrastive_Learning/
+    # pl_bolts/models/self_supervised/moco/moco2_module.py defaults): weight_decay 1e-4, softmax_temperature 0.07,
+    # num_negatives 65536, encoder_momentum 0.999; moco_data_module.py RandomResizedCrop(224, scale=(0.2, 1.0)).
+    # official: that code's learning_rate 0.015 at the study's batch 64 (its CLI batch default is 128).
+    "moco2d_pretrain": {
+        "paper": {"global_batch_size": 64, "learning_rate": 1e-4, "max_epochs": 900, "sgd_momentum": 0.9,
+                  "weight_decay": 1e-4, "temperature": 0.07, "queue_size": 65536, "base_momentum": 0.999,
+                  "image_size": 224, "crop_scale": [0.2, 1.0]},
+        "official": {"global_batch_size": 64, "learning_rate": 0.015, "max_epochs": 900, "sgd_momentum": 0.9,
+                     "weight_decay": 1e-4, "temperature": 0.07, "queue_size": 65536},
+    },
+    # Wolf et al., Methods, "Self-Supervised Pre-Training": "Each of the four pre-trainings runs 900 epochs";
+    # Supplementary Table 6 (BYOL): "Number of Crops 2", "Size of Crops 224 x 224", "Optimizer LARS", "Batch Size 64",
+    # "Learning Rate 1e-3", "Weight Decay 1.5e-6". Silent values from the official code (Wolfda95/SSL-MedicalImagining-
+    # CL-MAE, Lightning Bolts' BYOL): byol/logo_data_module.py RandomResizedCrop(224, scale=(0.2, 1.0)); byol_module.py
+    # --warmup_epochs 10, LinearWarmupCosineAnnealingLR to eta_min 0; callbacks/byol_updates.py tau 0.996 -> 1.
+    # official: byol_module.py torch.optim.Adam, --learning_rate 1e-3, --weight_decay 1.5e-6, --batch_size 64, cosine
+    # over max_epochs=100 (hard-coded).
+    "byol2d_pretrain": {
+        "paper": {"global_batch_size": 64, "learning_rate": 1e-3, "max_epochs": 900, "warmup_epochs": 10,
+                  "min_learning_rate": 0.0, "optimizer_name": "LARS", "weight_decay": 1.5e-6, "image_size": 224,
+                  "crop_scale": [0.2, 1.0], "base_momentum": 0.996, "final_momentum": 1.0},
+        "official": {"global_batch_size": 64, "learning_rate": 1e-3, "max_epochs": 100, "warmup_epochs": 10,
+                     "min_learning_rate": 0.0, "optimizer_name": "Adam", "weight_decay": 1.5e-6, "image_size": 224,
+                     "crop_scale": [0.2, 1.0], "base_momentum": 0.996, "final_momentum": 1.0},
+    },
+    # Wolf et al., Methods: 900 epochs; Supplementary Table 5 (SwAV): "Number of Crops 2; 6", "Size of Crops 224 x 224 ;
+    # 96 x 96", "Min Scale Crops 0.90; 0.10", "Max Scale Crops 1.0; 0.33", "Optimizer Lars", "Batch Size 128", "Learning
+    # Rate 0.15", "Weight Decay 1e-6", "Sinkhorn Iterations 3", "Number Cluster Prototypes 500", "Freeze Cluster
+    # Prototypes 313" (iterations, as SwAV's freeze_prototypes_niters). Silent values from the official code
+    # (swav/swav_module_lidc.py): --warmup_epochs 10, linear_warmup_decay from 0 to 0 (--start_lr / --final_lr unused),
+    # --temperature 0.1, --epsilon 0.05. official: the same with --learning_rate 4.8, --max_epochs 800,
+    # --freeze_prototypes_epochs 1.
+    "swav2d_pretrain": {
+        "paper": {"global_batch_size": 128, "learning_rate": 0.15, "max_epochs": 900, "warmup_epochs": 10,
+                  "warmup_start_learning_rate": 0.0, "min_learning_rate": 0.0, "weight_decay": 1e-6,
+                  "global_views": 2, "global_size": 224, "global_scale": [0.9, 1.0], "local_views": 6,
+                  "local_size": 96, "local_scale": [0.1, 0.33], "sinkhorn_iterations": 3, "num_prototypes": 500,
+                  "freeze_prototypes_iterations": 313, "temperature": 0.1, "epsilon": 0.05},
+        "official": {"global_batch_size": 128, "learning_rate": 4.8, "max_epochs": 800, "warmup_epochs": 10,
+                     "warmup_start_learning_rate": 0.0, "min_learning_rate": 0.0, "weight_decay": 1e-6,
+                     "global_scale": [0.9, 1.0], "local_scale": [0.1, 0.33], "sinkhorn_iterations": 3,
+                     "num_prototypes": 500, "temperature": 0.1, "epsilon": 0.05},
+    },
 }
 
 
