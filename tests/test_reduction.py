@@ -38,7 +38,7 @@ def metrics_of(method: str, fraction: float, seed: int) -> dict[str, float]:
     base = {"scratch": {1.0: 0.8, 0.5: 0.6, 0.25: 0.5, 0.1: 0.4},
             "spark2d_pretrain": {1.0: 0.9, 0.5: 0.75, 0.25: 0.65, 0.1: 0.6}}
     f1 = base[method][fraction] + 0.02 * seed
-    return {"test_auc": f1 + 0.05, "test_f1": f1, "test_accuracy": f1 - 0.05}
+    return {"test_auc": f1 + 0.05, "test_f1": f1, "test_f1_macro": f1 + 0.01, "test_accuracy": f1 - 0.05}
 
 
 class FakeFineTuning:
@@ -97,7 +97,7 @@ def test_largest_fraction_first_and_stop_once_every_method_is_below(uri):
     assert [(r["method"], r["fraction"], r["seed"]) for r in records] == fake.calls
     assert records[0] == {"method": "scratch", "fraction": 1.0, "seed": 0, "train_images": 40,
                           "test_auc": pytest.approx(0.85), "test_f1": pytest.approx(0.8),
-                          "test_accuracy": pytest.approx(0.75)}
+                          "test_f1_macro": pytest.approx(0.81), "test_accuracy": pytest.approx(0.75)}
 
 
 def test_no_stop_when_one_method_holds_up_or_at_the_last_fraction(uri):
@@ -134,7 +134,8 @@ def test_summary_means_and_sample_stds_method_by_method_largest_fraction_first()
     assert [(r["method"], r["fraction"]) for r in rows] == [
         ("scratch", 1.0), ("scratch", 0.5), ("spark2d_pretrain", 1.0), ("spark2d_pretrain", 0.5)]
     assert list(rows[0]) == ["method", "fraction", "train_images", "seeds", "test_auc", "test_auc_std",
-                             "test_f1", "test_f1_std", "test_accuracy", "test_accuracy_std"]
+                             "test_f1", "test_f1_std", "test_f1_macro", "test_f1_macro_std", "test_accuracy",
+                             "test_accuracy_std"]
     assert rows[0]["train_images"] == 40 and rows[1]["train_images"] == 20 and rows[0]["seeds"] == 2
     assert rows[1]["test_f1"] == pytest.approx(0.61) and rows[1]["test_auc"] == pytest.approx(0.66)
     assert rows[1]["test_f1_std"] == pytest.approx(math.sqrt(0.0002))  # ddof=1: 0.6, 0.62 -> 0.01414
@@ -254,7 +255,7 @@ def test_study_stops_after_the_first_step_and_writes_its_results(study):
     assert all(0.0 <= float(r[metric]) <= 1.0 for r in rows for metric in METRICS)
     assert rows[0]["train_images"] == params["scratch", "0"]["train_images"]
     report = study["paths"]["md"].read_text()
-    assert report.count("| spark2d_pretrain |") == 3  # AUC, F1, accuracy
+    assert report.count("| spark2d_pretrain |") == 4  # AUC, F1, macro F1, accuracy
     assert "stopped after 100 %" in report and "50 % were not run" in report
     with Image.open(study["paths"]["png"]) as image:
         assert image.format == "PNG" and len(image.convert("L").getcolors(1 << 16)) > 10

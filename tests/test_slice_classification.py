@@ -293,11 +293,13 @@ def test_bundle_fine_tunes_a_pretrained_encoder_tests_and_explains(tmp_path):
     state = torch.load(models / "checkpoint_final.pt", weights_only=False)["model"]
     assert all(torch.equal(state[k], v) for k, v in encoder.state_dict().items() if "running" not in k and "tracked" not in k)
     metrics = json.loads((evaluation / "test_metrics.json").read_text())
-    assert set(metrics) == {"test_accuracy", "test_auc", "test_f1"} and all(0 <= v <= 1 for v in metrics.values())
+    assert set(metrics) == {"test_accuracy", "test_auc", "test_f1", "test_f1_macro"}
+    assert all(0 <= v <= 1 for v in metrics.values())
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{evaluation / 'mlruns.db'}")
     run, = client.search_runs([client.get_experiment_by_name("ct_slice_classification").experiment_id])
     assert run.info.status == "FINISHED" and run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
-    assert {"val_accuracy", "val_auc", "val_f1", "train_loss", "test_auc", "test_f1"} <= set(run.data.metrics)
+    assert {"val_accuracy", "val_auc", "val_f1", "val_f1_macro", "train_loss", "test_auc", "test_f1",
+            "test_f1_macro"} <= set(run.data.metrics)
     params = run.data.params
     assert (params["train_fraction"], params["seed"], params["train_images"]) == ("0.5", "3", "4")  # 2 per class
     assert params["pretrained"] == str(tmp_path / "pretrained.pt")

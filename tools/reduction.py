@@ -34,7 +34,8 @@ The protocol, step by step:
    checkpoints, ``test_metrics.json`` and the Grad-CAM heat maps of test images in ``gradcam/``), and
    logs to the study's one MLflow store (``<output_dir>/mlruns.db``, or ``$MLFLOW_TRACKING_URI``); its
    params carry ``method`` and ``study`` (the output folder) besides the bundle's own.
-4. The results are read back from MLflow: the ``test_auc``, ``test_f1`` and ``test_accuracy`` of every run,
+4. The results are read back from MLflow: the ``test_auc``, ``test_f1`` (the paper's: the binary F1 of the
+   positive class for two classes, the micro F1 for more), ``test_f1_macro`` and ``test_accuracy`` of every run,
    averaged over seeds (std with ``ddof=1``), and written to the output folder:
 
    - ``reduction.csv``: one row per method and fraction: training images, seeds, mean and std of each metric;
@@ -86,7 +87,9 @@ BUNDLE = Bundle("ct_slice_classification")  # its ``bundle_name``, hence its MLf
 PRETRAINING_BUNDLES = ("spark2d_pretrain", "moco2d_pretrain", "swav2d_pretrain", "byol2d_pretrain")
 SCRATCH = "scratch"
 # The test metrics the bundle logs to MLflow after training, with their names in the report.
-METRICS = {"test_auc": "AUC", "test_f1": "F1", "test_accuracy": "accuracy"}
+# test_f1 is the study's F1 (the positive class's for two classes, :func:`common.engine.study_f1`), which the stop
+# rule reads; the macro average is reported beside it.
+METRICS = {"test_auc": "AUC", "test_f1": "F1", "test_f1_macro": "macro F1", "test_accuracy": "accuracy"}
 STOP_METRIC = "test_f1"
 COUNT = "train_images"  # the bundle's MLflow param: images in the run's training subset
 # Set by the study for every run; not accepted as ``--key value`` overrides.

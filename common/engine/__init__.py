@@ -8,6 +8,7 @@ from common.engine.checkpoints import latest_checkpoint, prepare_checkpoint_dir
 from common.engine.ema import MomentumTeacher
 from common.engine.embeddings import EmbeddingsWriter, PooledFeaturesInferer
 from common.engine.export import MaskedReconstructionInferer
+from common.engine.f1 import study_f1
 from common.engine.freezing import HeadFirstFineTuning
 from common.engine.global_batch import accumulation_steps, world_size
 from common.engine.gradcam import GradCamSaver, save_gradcam_overlays
@@ -61,6 +62,7 @@ __all__ = [
     "prepare_output_dir",
     "require_weights",
     "save_gradcam_overlays",
+    "study_f1",
     "tracking_uri",
     "warmup_cosine",
     "weight_decay_schedule",
