@@ -15,12 +15,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def test_fresh_run_archives_earlier_files_moving_states_and_copying_weights(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"best")
     (tmp_path / "checkpoint_epoch=3.pt").write_bytes(b"state")
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "checkpoint_epoch=2.pt").write_bytes(b"weights at 2")
     assert prepare_checkpoint_dir(tmp_path, resume=False) is None
     assert [p.name for p in tmp_path.glob("*.pt")] == ["model.pt"]  # a fresh run may start from it
-    assert latest_checkpoint(tmp_path) is None
+    assert latest_checkpoint(tmp_path) is None and not (tmp_path / "series").exists()  # a new series starts empty
     (archive,) = (tmp_path / "previous").iterdir()
     assert (archive / "model.pt").read_bytes() == b"best"
     assert (archive / "checkpoint_epoch=3.pt").read_bytes() == b"state"
+    assert (archive / "series" / "checkpoint_epoch=2.pt").read_bytes() == b"weights at 2"
 
 
 def test_resume_returns_newest_checkpoint(tmp_path):

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 def trained(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp(BUNDLE)
     paths = {"models": root / "models", "eval": root / "eval"}
-    run_bundle(configs(BUNDLE, "train.json", "smoke.json"), ckpt_dir=paths["models"], output_dir=paths["eval"])
+    run_bundle(configs(BUNDLE, "train.json", "smoke.json"), ckpt_dir=paths["models"], output_dir=paths["eval"],
+               checkpoint_series_interval=1)
     return paths
 
 
@@ -32,6 +33,11 @@ def test_training_writes_checkpoints_snapshots_and_the_mlflow_run(trained):
     model = torch.load(trained["models"] / "model.pt", weights_only=True)["model"]
     assert {name.split(".")[0] for name in model} == {"encoder", "mask_tokens", "densify_norms", "densify", "decoder"}
     assert model["encoder.layer4.2.conv3.weight"].shape == (2048, 512, 1, 1)  # ResNet-50
+    # the series tools.reduction picks a pre-training epoch from: here one epoch, the weights model.pt holds
+    (kept,) = (trained["models"] / "series").iterdir()
+    assert kept.name == "checkpoint_epoch=1.pt"
+    series = torch.load(kept, weights_only=True)
+    assert series["network_spec"] and all(torch.equal(series["model"][name], model[name]) for name in model)
 
     png = Image.open(trained["eval"] / "reconstructions" / "iteration_000002.png")
     assert png.text["columns"] == "input, masked, reconstruction, target"

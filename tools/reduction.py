@@ -16,6 +16,11 @@ the training images, and compare the test AUC, F1 and accuracy.
     # a quick look on the demo slices (extra config files merge over train.json, then --key value overrides)
     python -m tools.reduction --configs smoke.json --fractions 1,0.5 --seeds 0,1 --output_dir /tmp/reduction_demo
 
+    # the paper's choice of pre-training epoch: a series kept every 50 epochs (--checkpoint_series_interval 50, the
+    # paper recipe), each checkpoint fine-tuned once (all images, seed 0), the best test F1 kept for the study
+    python -m tools.reduction --checkpoints spark2d_pretrain=bundles/spark2d_pretrain/models/series \\
+        --dataset_dir ../shared/data/covid_ct_ucsd --output_dir studies/covid_series
+
     # an interrupted study: runs FINISHED in its MLflow store (with their test metrics) are skipped
     python -m tools.reduction --checkpoints spark2d_pretrain=bundles/spark2d_pretrain/models/model.pt \\
         --dataset_dir ../shared/data/covid_ct_ucsd --output_dir studies/covid --resume
@@ -62,12 +67,14 @@ import fire
 
 from common.engine import tracking_uri
 from common.transfer import SLICE_PRETRAINING
+from tools.epoch_selection import SELECTION_METRIC, pick_epochs, series_checkpoints, write_selection
 from tools.study import (
     Bundle,
     Method,
     PlannedRun,
     Store,
     aggregate,
+    as_tuple,
     checked_fractions,
     checked_seeds,
     checkpoint_paths,
@@ -253,7 +260,9 @@ def reduction(
 
     Args:
         checkpoints: ``name=path`` entries (a list, or one string with commas), ``name`` a 2D pre-training
-            bundle (``spark2d_pretrain``, ``moco2d_pretrain``, ``swav2d_pretrain``, ``byol2d_pretrain``).
+            bundle (``spark2d_pretrain``, ``moco2d_pretrain``, ``swav2d_pretrain``, ``byol2d_pretrain``), ``path``
+            a checkpoint or a series folder (``models/series``): the series' checkpoint with the best test F1 is
+            chosen first (:mod:`tools.epoch_selection`) and written to ``epoch_selection.csv``.
         fractions: fractions of the training images (the bundle's ``train_fraction``), in ``(0, 1]``;
             run from the largest down.
         seeds: seeds of the subsets and the runs; for one seed every method sees the same subset.
@@ -272,15 +281,31 @@ def reduction(
     Raises:
         ValueError, FileNotFoundError, FileExistsError: bad inputs, before any training.
     """
-    methods = study_methods(checkpoints, no_scratch)
+    entries = [str(entry).partition("=")[::2] for entry in as_tuple(checkpoints)]
+    series = {name: series_checkpoints(path) for name, path in entries if path and Path(path).is_dir()}
+
+    def with_checkpoints(choose: Callable[[str], str]) -> list[str]:
+        """The ``name=path`` entries with each series folder replaced by ``choose(name)``, one of its files."""
+        return [f"{name}={choose(name) if name in series else path}" for name, path in entries]
+
+    study_methods(with_checkpoints(lambda name: series[name][-1][1]), no_scratch)  # bad inputs stop before training
     fractions, seeds = checked_fractions(fractions), checked_seeds(seeds)
     files = BUNDLE.config_files(configs)
     BUNDLE.parser(files, overrides, MANAGED_KEYS)
     output = prepared_output_dir(output_dir, resume)
     store = Store(tracking_uri(output), BUNDLE.name, str(output))
     train = partial(fine_tune, files=files, output_dir=output, overrides=overrides)
+    choices = pick_epochs(series, train, store, store.completed([SELECTION_METRIC]) if resume else {})
+    for name, choice in choices.items():
+        logger.info("%s: pre-training epoch %d has the best test F1 (%.3f)", name, choice["epoch"],
+                    choice["f1"][choice["epoch"]])
+    methods = study_methods(with_checkpoints(lambda name: choices[name]["pretrained"]), no_scratch)
     records, left_out = run_reduction(methods, fractions, seeds, train, store, resume, min_f1)
-    return write_results(summary_rows(records, methods), left_out, min_f1, output)
+    paths = write_results(summary_rows(records, methods), left_out, min_f1, output)
+    if choices:
+        write_selection(choices, output / "epoch_selection.csv")
+        paths["selection"] = str(output / "epoch_selection.csv")
+    return paths
 
 
 if __name__ == "__main__":

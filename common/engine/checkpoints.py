@@ -4,11 +4,14 @@ A training bundle writes into ``<bundle>/models/``:
 
 * ``model.pt``: the best network weights (key validation metric), what fine-tuning and inference load;
 * ``checkpoint_*.pt``: the latest full training state (network, optimizer, trainer), saved every
-  epoch and when the run ends or is interrupted.
+  epoch and when the run ends or is interrupted;
+* ``series/checkpoint_epoch=<n>.pt``: the weights every ``checkpoint_series_interval`` epochs (the 2D pre-training
+  bundles; ``tools.reduction`` picks the epoch with the best downstream F1 from them).
 
 ``--resume true`` continues from the newest ``checkpoint_*.pt``. A fresh run that finds earlier files
-archives them in ``models/previous/<timestamp>/`` and says so, so nothing is lost: the training states are moved
-there (a later ``--resume`` must not find them), the weights are copied and stay in place until the new run
+archives them in ``models/previous/<timestamp>/`` and says so, so nothing is lost: the training states and the series
+are moved there (a later ``--resume`` must not find them, a new series must not mix with the old), the weights are
+copied and stay in place until the new run
 overwrites them, so the run can start from them (MONAI Label's bundle trainer loads ``models/model.pt`` before its
 first step).
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
+SERIES_DIR = "series"
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
@@ -53,11 +57,14 @@ def prepare_checkpoint_dir(ckpt_dir: str | Path, resume: bool = False) -> str | 
         logger.info("resuming training from %s", checkpoint)
         return str(checkpoint)
     earlier = sorted(p for p in ckpt_dir.glob("*.pt"))
+    series = ckpt_dir / SERIES_DIR
+    if series.is_dir() and any(series.iterdir()):
+        earlier.append(series)
     if earlier:
         archive = ckpt_dir / "previous" / time.strftime("%Y%m%d_%H%M%S")
         archive.mkdir(parents=True)
         for path in earlier:
-            if path.match(CHECKPOINT_GLOB):
+            if path == series or path.match(CHECKPOINT_GLOB):
                 shutil.move(str(path), archive / path.name)
             else:
                 shutil.copy2(path, archive / path.name)
