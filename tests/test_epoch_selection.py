@@ -3,8 +3,8 @@ al., "Downstream Evaluation"), against a fake fine-tuning that logs MLflow runs 
 
 import csv
 
-import mlflow
 import pytest
+from study_runs import log_run
 
 from tools.epoch_selection import pick_epochs, series_checkpoints, write_selection
 from tools.study import Store
@@ -22,23 +22,15 @@ def series_folder(folder, epochs):
 
 
 class FakeFineTuning:
-    """One FINISHED MLflow run per call with the params the study reads and a test F1 from :data:`F1`."""
+    """One FINISHED MLflow run per call (:func:`study_runs.log_run`) with the test F1 of its checkpoint's epoch."""
 
     def __init__(self, store: Store, f1: dict):
         self.store, self.f1, self.calls = store, f1, []
 
     def __call__(self, run) -> None:
         self.calls.append(run.key)
-        client = mlflow.MlflowClient(tracking_uri=self.store.uri)
-        experiment = client.get_experiment_by_name(self.store.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.store.experiment)
-        run_id = client.create_run(experiment_id, run_name=run.name).info.run_id
-        for key, value in {"method": run.method.label, "study": self.store.study, "train_fraction": run.fraction,
-                           "seed": run.seed, "train_images": 40}.items():
-            client.log_param(run_id, key, value)
         epoch = int(run.method.pretrained.rsplit("=", 1)[1].removesuffix(".pt"))
-        client.log_metric(run_id, "test_f1", self.f1[epoch])
-        client.set_terminated(run_id)
+        log_run(self.store, run, {"test_f1": self.f1[epoch]})
 
 
 def test_the_series_checkpoint_with_the_best_test_f1_is_chosen_and_written(tmp_path):

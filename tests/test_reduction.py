@@ -27,6 +27,7 @@ from tools.reduction import (
     summary_rows,
     write_results,
 )
+from study_runs import log_run
 from tools.study import Method, Store
 
 SCRATCH, SPARK = Method("scratch"), Method("spark2d_pretrain", "/x/spark.pt")
@@ -50,20 +51,7 @@ class FakeFineTuning:
 
     def __call__(self, run) -> None:
         self.calls.append(run.key)
-        client = mlflow.MlflowClient(tracking_uri=self.store.uri)
-        experiment = client.get_experiment_by_name(self.store.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.store.experiment)
-        run_id = client.create_run(experiment_id, run_name=run.name).info.run_id
-        params = {"method": run.method.label, "study": self.store.study, "train_fraction": run.fraction,
-                  "seed": run.seed, "train_images": int(40 * run.fraction)}
-        for key, value in params.items():
-            client.log_param(run_id, key, value)
-        if run.key in self.fail:
-            client.set_terminated(run_id, "FAILED")
-            return
-        for metric, value in metrics_of(*run.key).items():
-            client.log_metric(run_id, metric, value)
-        client.set_terminated(run_id)
+        log_run(self.store, run, None if run.key in self.fail else metrics_of(*run.key))
 
 
 @pytest.fixture(scope="module")
