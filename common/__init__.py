@@ -8,8 +8,8 @@ the layers below it, never from a layer above, and the packages and modules of a
 a cycle (``tests/test_layers.py`` checks both). From the bottom:
 
 0. neutral helpers that import nothing of ``common``: this package's ``__init__``, :mod:`common.paths` (where a
-   bundle lives), :mod:`common.cli` (command-line settings), :mod:`common.tensors` (tensor conversions),
-   :mod:`common.previews` (PNG previews of images);
+   bundle lives), :mod:`common.cli` (command-line settings), :mod:`common.recipes` (a bundle's named training
+   recipes), :mod:`common.tensors` (tensor conversions), :mod:`common.previews` (PNG previews of images);
 1. :mod:`common.data`: datalists, readers, the grey values of written slices, the demo data;
 2. :mod:`common.transforms`: the MONAI transform pipelines, and what they need computed from the data;
 3. the building blocks of networks and methods: :mod:`common.layers`, :mod:`common.masking`,
@@ -24,7 +24,7 @@ a cycle (``tests/test_layers.py`` checks both). From the bottom:
 """
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("common", "common.paths", "common.cli", "common.tensors", "common.previews"),
+    ("common", "common.paths", "common.cli", "common.recipes", "common.tensors", "common.previews"),
     ("common.data",),
     ("common.transforms",),
     ("common.layers", "common.masking", "common.losses", "common.lora"),
