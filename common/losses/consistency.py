@@ -11,7 +11,7 @@ from common.losses.distributed import all_reduced
 
 
 class GlobalGuidedConsistencyLoss(nn.Module):
-    """GL-MAE's global-guided consistency (Zhuang et al., GL-MAE, eq. 8-10): the student's projected class
+    """GL-MAE's global-guided consistency (Zhuang et al., GL-MAE, eq. 7-10): the student's projected class
     embedding of a masked view must predict the momentum teacher's of a complete global view.
 
     With teacher logits ``t`` and student logits ``s`` (``K`` = projection width),

@@ -5,12 +5,13 @@ One step on a batch of ``B`` volumes, each with ``p`` global and ``q`` local vie
 (:class:`~common.transforms.views.RandGlobalLocalViewsd`):
 
 1. the momentum teacher (an EMA of the student encoder and head, no gradient) embeds the *complete* global
-   views: the anchors (eq. 7);
+   views: the anchors (the EMA is eq. 5, the projection of their cls tokens eq. 6);
 2. every view is masked (ratio 0.6) and reconstructed by the MAE of :class:`~common.methods.mae.MAE3D`:
    L_R^local and L_R^global, per-patch normalised MSE on the masked tokens (eq. 3-4);
 3. the student's cls token of every masked view goes through a projection head ``g_s`` (MLP + GELU, ``K`` = 512);
-4. global-to-global and global-to-local consistency: cross-entropy ``H(P_t, P_s)`` of the sharpened, centred
-   teacher distribution and the student's, over every (masked view, anchor) pair of a volume (eq. 8-10,
+4. global-to-global and global-to-local consistency: cross-entropy ``H(P_t, P_s)`` of the sharpened teacher
+   distribution (centred in DINO's form) and the student's (the softmax with temperature is eq. 7), over every (masked view,
+   anchor) pair of a volume (eq. 8-10,
    :class:`~common.losses.GlobalGuidedConsistencyLoss`); the centre then moves towards the teacher's batch mean;
 5. ``L = L_R^local + b1 L_R^global + b2 L_C^gg + b3 L_C^gl`` with all ``b = 1`` (eq. 11).
 
@@ -88,7 +89,7 @@ class GLMAE(MAE3D):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """``teacher <- m * teacher + (1 - m) * student`` for the encoder and the projection head (eq. 7)."""
+        """``teacher <- m * teacher + (1 - m) * student`` for the encoder and the projection head (eq. 5)."""
         momentum_update((self.teacher_encoder, self.teacher_head), (self.encoder, self.head), momentum)
 
     @torch.no_grad()
