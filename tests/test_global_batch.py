@@ -7,7 +7,9 @@ from monai.bundle import ConfigParser
 from common.engine.global_batch import accumulation_steps, world_size
 from conftest import REPO_ROOT
 
-PRETRAINING_BUNDLES = sorted(path.parent.parent.name for path in REPO_ROOT.glob("bundles/*_pretrain/configs/train.json"))
+PRETRAINING_BUNDLES = sorted(
+    path.parent.parent.name for path in REPO_ROOT.glob("bundles/*_pretrain/configs/train.json")
+)
 # samples per optimizer step that each paper states (HySparK Sec. 3.2, MiM Table II, GL-MAE "Pre-training setting",
 # Wolf et al. Tables 4-7); the baselines SparK-3D and MAE3D take the setting of the paper that runs them (HySparK's,
 # GL-MAE's; tests/test_recipes.py)

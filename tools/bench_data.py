@@ -192,8 +192,9 @@ def feed_run(bundle: str, dataset_dir: str, cache_dir: str, steps: int, warmup: 
     The step runs on one sample, not the paper's per-device batch, so that it fits the CPU's memory; its samples/s
     is the one sample over the step's time (on the CPU a step's time grows about linearly with its samples).
     """
-    parser = bundle_parser(bundle, {"dataset_dir": dataset_dir, "cpu_demo_scale": False, "device": "$torch.device('cpu')",
-                                    "amp": False, "num_workers": 0}, smoke=False)
+    settings = {"dataset_dir": dataset_dir, "cpu_demo_scale": False, "device": "$torch.device('cpu')", "amp": False,
+                "num_workers": 0}
+    parser = bundle_parser(bundle, settings, smoke=False)
     datalist, transform = parser.get_parsed_content("datalist"), parser.get_parsed_content("train#preprocessing")
     count = len(datalist)
     disk = training_dataset(datalist, transform, "disk", cache_dir=cache_dir)
@@ -232,6 +233,7 @@ def feed(root: str | Path, volumes: int = 2, shape: tuple = (512, 512, 300), spa
     sources = phantom_collection(root / "sources", volumes, distinct=1, shape=shape, spacing=spacing)
     prepared = prepare_ct([sources], root / "prepared", (1.5, 1.5, 1.5))
     return {
-        bundle: in_fresh_process(feed_run, bundle, str(prepared.dataset_dir), str(root / "cache" / bundle), steps, warmup)
+        bundle: in_fresh_process(feed_run, bundle, str(prepared.dataset_dir), str(root / "cache" / bundle), steps,
+                                 warmup)
         for bundle in bundles
     }

@@ -10,9 +10,9 @@ One step on a batch of ``B`` volumes, each with ``p`` global and ``q`` local vie
    L_R^local and L_R^global, per-patch normalised MSE on the masked tokens (eq. 3-4);
 3. the student's cls token of every masked view goes through a projection head ``g_s`` (MLP + GELU, ``K`` = 512);
 4. global-to-global and global-to-local consistency: cross-entropy ``H(P_t, P_s)`` of the sharpened teacher
-   distribution (centred in DINO's form) and the student's (the softmax with temperature is eq. 7), over every (masked view,
-   anchor) pair of a volume (eq. 8-10,
-   :class:`~common.losses.GlobalGuidedConsistencyLoss`); the centre then moves towards the teacher's batch mean;
+   distribution (centred in DINO's form) and the student's (the softmax with temperature is eq. 7), over every
+   (masked view, anchor) pair of a volume (eq. 8-10, :class:`~common.losses.GlobalGuidedConsistencyLoss`); the
+   centre then moves towards the teacher's batch mean;
 5. ``L = L_R^local + b1 L_R^global + b2 L_C^gg + b3 L_C^gl`` with all ``b = 1`` (eq. 11).
 
 :class:`common.engine.MomentumTeacher` calls :meth:`GLMAE.update_teacher` after every optimizer step.
