@@ -55,6 +55,9 @@ def keep_one_mlflow_handler(engine: Engine, handlers: Sequence, keep: MLFlowHand
 # Settings of one invocation rather than of the run: a resumed run (logged into the same MLflow run, which refuses
 # to change a parameter) may give them new values.
 INVOCATION_SETTINGS = ("resume", "resume_from", "run_name", "num_workers")
+# A bundle's recipe table and the recipe chosen from it (common.recipes): each value is logged under the top-level id
+# that reads it, and ``recipe`` names the recipe.
+RECIPE_TABLES = ("recipes", "recipe_settings")
 
 
 class RunParameters(Mapping[str, Any]):
@@ -62,8 +65,8 @@ class RunParameters(Mapping[str, Any]):
 
     Every top-level id of the bundle's config that the run resolved is a parameter when its value is plain: a
     number, string, boolean or ``None``, or a list, tuple or dict of those (a network's settings, a crop size);
-    objects (datasets, networks, devices), values longer than MLflow accepts and :data:`INVOCATION_SETTINGS`
-    are left out (the config files are logged as artifacts). Two sections merge in flat: ``flags``, each boolean
+    objects (datasets, networks, devices), values longer than MLflow accepts, :data:`INVOCATION_SETTINGS` and
+    :data:`RECIPE_TABLES` are left out (the config files are logged as artifacts). Two sections merge in flat: ``flags``, each boolean
     setting as :func:`common.cli.flag` reads it, under the setting's own name; and ``derived``, values the config
     does not hold as such (the data set's size, a method's label).
 
@@ -86,7 +89,9 @@ class RunParameters(Mapping[str, Any]):
         top_level.update(top_level.pop("flags", None) or {})
         top_level.pop("hyper_parameters", None)
         parameters = {
-            key: value for key, value in top_level.items() if key not in INVOCATION_SETTINGS and _is_plain(value)
+            key: value
+            for key, value in top_level.items()
+            if key not in INVOCATION_SETTINGS + RECIPE_TABLES and _is_plain(value)
         }
         return {**parameters, **self.derived}
 
