@@ -33,7 +33,8 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 POSITION_EMBEDDING = "position_embeddings"
 # Downstream architecture -> the pre-training methods whose ``encoder`` setting sizes its encoder.
 SEGMENTATION_PRETRAINING = {
-    "hyspark": ("HySparK",), "mednext": ("SparK3D",), "mim": ("MiM",), "unetr": ("GLMAE", "MAE3D"),
+    "hyspark": ("HySparK",), "mednext": ("SparK3D",), "mim": ("MiM",), "mim_official": ("MiM",),
+    "unetr": ("GLMAE", "MAE3D"),
 }
 CLASSIFICATION_PRETRAINING = {"hyspark": ("HySparK",), "mim": ("MiM",), "vit": ("GLMAE", "MAE3D")}
 SLICE_PRETRAINING = ("SparK2D", "MoCoV2", "BYOL", "SwAV")

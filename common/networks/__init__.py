@@ -8,6 +8,7 @@ from common.networks.classification import (
     classification_spec,
 )
 from common.networks.convvit import ConvViT3D, ConvViTSegmentationNet, convvit_config
+from common.networks.convvit_unetr import ConvViTUNETR
 from common.networks.features import DeepestFeatureMap, TokenFeatureMap, encoder_features
 from common.networks.hybrid import HybridEncoder, HybridSegmentationNet, hybrid_config
 from common.networks.mednext import MedNeXtEncoder
@@ -40,6 +41,7 @@ __all__ = [
     "SEGMENTATION_ARCHS",
     "ConvViT3D",
     "ConvViTSegmentationNet",
+    "ConvViTUNETR",
     "DeepestFeatureMap",
     "HybridEncoder",
     "HybridSegmentationNet",

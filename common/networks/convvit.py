@@ -166,9 +166,10 @@ class ConvViT3D(nn.Module):
 class ConvViTSegmentationNet(nn.Module):
     """MiM's fine-tuning network: :class:`ConvViT3D` under a Swin UNETR-style decoder of MONAI's UNETR blocks.
 
-    The official MiM fine-tuning code builds this decoder (the paper calls the network "Swin-UNETR"): a
-    residual encoder block on the image and on each stage output, then four up-sampling blocks that
-    concatenate the skip, and a 1x1x1 head.
+    A four-level form of the network the official MiM fine-tuning code builds (the paper calls it "Swin-UNETR";
+    the official five-level one, with a 1/32 stage and layer-normed skips, is
+    :class:`~common.networks.convvit_unetr.ConvViTUNETR`): a residual encoder block on the image and on each
+    stage output, then four up-sampling blocks that concatenate the skip, and a 1x1x1 head.
 
     Args:
         in_channels: image channels.

@@ -13,6 +13,9 @@ All three are MONAI's own networks; this module only fixes the configurations th
   (:class:`~common.networks.hybrid.HybridSegmentationNet`), initialised from ``hyspark_pretrain``.
 * ``mim``: MiM's 3D ConvViT under a Swin UNETR-style decoder of UNETR blocks
   (:class:`~common.networks.convvit.ConvViTSegmentationNet`), initialised from ``mim_pretrain``.
+* ``mim_official``: the network the official MiM code fine-tunes: the same ConvViT with a fifth, 1/32 stage and
+  layer-normed skips under a Swin UNETR decoder (:class:`~common.networks.convvit_unetr.ConvViTUNETR`), initialised
+  from ``mim_pretrain`` too.
 
 :data:`PRETRAINED_ENCODER_RENAME` says where a pre-training method's ``encoder.*`` tensors go.
 """
@@ -27,11 +30,12 @@ from torch import nn
 
 from common.lora import add_lora
 from common.networks.convvit import PAPER_CONVVIT, ConvViTSegmentationNet, convvit_config
+from common.networks.convvit_unetr import ConvViTUNETR
 from common.networks.hybrid import PAPER_HYBRID, HybridSegmentationNet, hybrid_config
 from common.networks.spec import NetworkSpec
 from common.networks.vit import VIT_SIZES, vit_config
 
-SEGMENTATION_ARCHS = ("swin_unetr", "unetr", "mednext", "hyspark", "mim")
+SEGMENTATION_ARCHS = ("swin_unetr", "unetr", "mednext", "hyspark", "mim", "mim_official")
 
 # Pre-training checkpoint prefix -> segmentation network prefix (``common.transfer.load_pretrained(rename=...)``).
 # GL-MAE / MAE3D: the student ViT; its cls token (``encoder.cls_token``) has no place in UNETR and is left out.
@@ -39,11 +43,13 @@ PRETRAINED_ENCODER_RENAME = {
     "mednext": {"encoder.": ""},
     "hyspark": {"encoder.": "encoder."},
     "mim": {"encoder.": "encoder."},
+    "mim_official": {"encoder.": "encoder."},
     "unetr": {"encoder.vit.": "vit."},
 }
 
 
-# Pre-training bundle -> the segmentation arch its ``model.pt`` fine-tunes in (``btcv_segmentation --arch``).
+# Pre-training bundle -> the segmentation arch its ``model.pt`` fine-tunes in (``btcv_segmentation --arch``);
+# ``mim_pretrain``'s also fine-tunes in ``mim_official``.
 PRETRAINING_ARCHS = {
     "hyspark_pretrain": "hyspark",
     "spark3d_pretrain": "mednext",
@@ -54,7 +60,9 @@ PRETRAINING_ARCHS = {
 
 
 # The encoder submodule of each network: what ``pretrained`` initialises and ``lora_rank`` adapts.
-ENCODER_MODULES = {"swin_unetr": "swinViT", "unetr": "vit", "hyspark": "encoder", "mim": "encoder"}
+ENCODER_MODULES = {
+    "swin_unetr": "swinViT", "unetr": "vit", "hyspark": "encoder", "mim": "encoder", "mim_official": "encoder"
+}
 
 
 def adapt_encoder(network: nn.Module, arch: str, lora_rank: int = 0, freeze_encoder: bool = False) -> nn.Module:
@@ -83,7 +91,7 @@ def segmentation_encoder_config(arch: str, cpu_demo_scale: bool = False) -> dict
     """Encoder sizes of ``arch`` for :func:`segmentation_network`'s ``encoder_config``: the paper's, or the small
     ones the bundles use without a GPU.
 
-    ``hyspark``, ``mim`` and ``unetr`` share theirs with the pre-training bundles
+    ``hyspark``, ``mim`` / ``mim_official`` and ``unetr`` share theirs with the pre-training bundles
     (:func:`~common.networks.hybrid.hybrid_config`, :func:`~common.networks.convvit.convvit_config`,
     :func:`~common.networks.vit.vit_config`), so a CPU demo checkpoint fine-tunes into a network of the same shape.
 
@@ -100,7 +108,7 @@ def segmentation_encoder_config(arch: str, cpu_demo_scale: bool = False) -> dict
     """
     if arch == "hyspark":
         return hybrid_config(cpu_demo_scale)
-    if arch == "mim":
+    if arch in ("mim", "mim_official"):
         return convvit_config(cpu_demo_scale)
     if arch == "unetr":
         return vit_config(cpu_demo_scale)
@@ -126,10 +134,11 @@ def segmentation_network(
         out_channels: classes including background (14 for BTCV).
         roi_size: training crop / sliding-window size; UNETR needs it (its position embedding is fixed).
         feature_size: width of Swin UNETR / UNETR / the ``mim`` decoder (paper defaults 48 / 16 / 48 when
-            ``None``); MedNeXt's width is fixed by its variant (32).
+            ``None``); the ``mim_official`` decoder's is its encoder's last width / 8 (48 for the paper's, 12 for
+            the CPU demo's; ``None`` takes it); MedNeXt's width is fixed by its variant (32).
         mednext_variant: MedNeXt size, ``S``, ``B``, ``M`` or ``L`` (kernel 3).
         encoder_config: the sizes of ``arch``'s encoder (:func:`segmentation_encoder_config`): for ``hyspark``
-            :func:`~common.networks.hybrid.hybrid_config`'s, for ``mim``
+            :func:`~common.networks.hybrid.hybrid_config`'s, for ``mim`` / ``mim_official``
             :func:`~common.networks.convvit.convvit_config`'s, for ``unetr`` the ViT's ``hidden_size``, ``mlp_dim``
             and ``num_heads`` (:func:`~common.networks.vit.vit_config`; its ``num_layers``, if given, must be 12,
             as UNETR reads 12 layers); the paper's when ``None`` (ViT-B for ``unetr``). Unused by ``swin_unetr``
@@ -140,7 +149,7 @@ def segmentation_network(
 
     Raises:
         ValueError: ``arch`` is not one of :data:`SEGMENTATION_ARCHS`; a ``unetr`` ``encoder_config`` of other
-            than 12 layers.
+            than 12 layers; a ``mim_official`` ``feature_size`` other than its encoder's last width / 8.
     """
     if arch == "swin_unetr":
         return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size or 48)
@@ -167,6 +176,8 @@ def segmentation_network(
     if arch == "mim":
         convvit = encoder_config or PAPER_CONVVIT
         return ConvViTSegmentationNet(in_channels, out_channels, feature_size or 48, **convvit)
+    if arch == "mim_official":
+        return ConvViTUNETR(in_channels, out_channels, feature_size, **(encoder_config or PAPER_CONVVIT))
     raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {SEGMENTATION_ARCHS}")
 
 
