@@ -38,13 +38,11 @@ def depthwise_conv_input(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
 
 
 SINCOS_TEMPERATURE = 10000.0
-SINCOS_AXIS_ORDER = (1, 0, 2)  # MONAI's order of the grid axes' codes: (w, h) in 2D, (w, h, d) in 3D
 
 
 @functools.lru_cache(maxsize=32)
 def _sincos(grid: tuple[int, ...], width: int, device: torch.device) -> torch.Tensor:
-    """MONAI's ``build_sincos_position_embedding(grid, width, len(grid))[0]``, the same values, built without its
-    ``torch.meshgrid`` call that passes no ``indexing`` (a warning at every run).
+    """The embedding of :func:`sincos_position_embedding`, cached per grid, width and device.
 
     Args:
         grid: the 2 or 3 grid sizes; cells in raster order, the last axis fastest (``indexing="ij"``).
@@ -52,8 +50,9 @@ def _sincos(grid: tuple[int, ...], width: int, device: torch.device) -> torch.Te
         device: where the embedding is returned.
 
     Returns:
-        ``(L, width)`` for the ``L`` cells: per axis in :data:`SINCOS_AXIS_ORDER`, ``width / (2 len(grid))`` sines
-        then as many cosines of the cell's coordinate times ``SINCOS_TEMPERATURE ** (-k / (width / (2 len(grid))))``.
+        ``(L, width)`` for the ``L`` cells: for grid axis 0, 1 (, 2) in turn, ``sin(p w_k)`` then ``cos(p w_k)``,
+        ``k = 0 .. n - 1``, with ``p`` the cell's coordinate on that axis, ``n = width / (2 len(grid))`` and
+        ``w_k = SINCOS_TEMPERATURE ** (-k / n)``.
     """
     if len(grid) not in (2, 3) or width % (2 * len(grid)):
         raise ValueError(f"a sin-cos position embedding needs a 2D or 3D grid and a width divisible by twice its "
@@ -62,16 +61,24 @@ def _sincos(grid: tuple[int, ...], width: int, device: torch.device) -> torch.Te
     per_axis = width // (2 * len(grid))
     frequencies = 1.0 / SINCOS_TEMPERATURE ** (torch.arange(per_axis, dtype=torch.float32) / per_axis)
     codes = []
-    for axis in SINCOS_AXIS_ORDER[: len(grid)]:
-        angles = coordinates[axis].flatten()[:, None] * frequencies
+    for axis in coordinates:
+        angles = axis.flatten()[:, None] * frequencies
         codes += [torch.sin(angles), torch.cos(angles)]
     return torch.cat(codes, dim=1).to(device)
 
 
 def sincos_position_embedding(grid: Sequence[int], width: int, device: torch.device | str) -> torch.Tensor:
     """Fixed 2D / 3D sin-cos position embedding (MAE), ``(L, width)`` for the ``L`` cells of ``grid`` in raster
-    order, on ``device``; computed once per grid, width and device, so a forward pass copies nothing to the
-    device (the values of MONAI's ``build_sincos_position_embedding``).
+    order (``x.flatten(2)`` of a ``(B, C, *grid)`` map), on ``device``; computed once per grid, width and device, so
+    a forward pass copies nothing to the device.
+
+    Band ``a`` (channels ``a * width / len(grid)`` on) codes the cell's coordinate on grid axis ``a`` (see
+    :func:`_sincos`): the order of HySparK's official code (``build_3d_sincos_position_embedding``: meshgrid of h, w,
+    d, codes concatenated h, w, d) and of MiM's (``get_3d_sincos_pos_embed``: its ``meshgrid2(w, h, d)`` returns
+    the coordinates of axes 0, 1, 2, coded in that order), which flatten their tokens in the same raster order, so
+    their released weights compute here what they compute there (:mod:`tools.convert_checkpoint`). MONAI's
+    ``build_sincos_position_embedding`` codes axis 1 first, then axis 0 (then 2): the same values with the first
+    two bands exchanged (MAE's 2D code puts axis 1 first as well; no 2D network here uses a sin-cos embedding).
 
     ``width`` must be divisible by 4 (2D) or 6 (3D). While tracing or exporting, it is computed afresh, so that
     the graph holds the computation rather than a cached tensor of another trace.

@@ -1,9 +1,10 @@
 """``tools.convert_checkpoint`` on synthetic files shaped like the official releases.
 
 Each file follows the names and shapes of the authors' code (see :mod:`tools.checkpoint_sources`) with random
-values; where sizes are free the encoders are small (fewer blocks, ResNet-18), but documented shapes are kept
-(HySparK's ``mae.pos_embed`` (1, 216, 384), GL-MAE's ``pos_embed`` (1, 217, 768)). The released files themselves
-are not used (none can be downloaded here).
+values, but HySparK's and MiM's fixed sin-cos position embeddings, which follow the official formulas (written out
+here from the official code); where sizes are free the encoders are small (fewer blocks, ResNet-18), but documented
+shapes are kept (HySparK's ``mae.pos_embed`` (1, 216, 384), GL-MAE's ``pos_embed`` (1, 217, 768)). The released files
+themselves are not used (none can be downloaded here).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import logging
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
@@ -25,6 +27,7 @@ from common.networks import (
     resnet_classifier,
     segmentation_network,
 )
+from common.networks.mae_decoder import MAEDecoder
 from common.transfer import load_pretrained, pretrained_encoder_setting
 from module_runner import run_module
 from tools.checkpoint_sources import sincos_check
@@ -64,6 +67,41 @@ def norm(prefix: str, width: int) -> dict[str, torch.Tensor]:
     return {prefix + "weight": rand(width), prefix + "bias": rand(width)}
 
 
+def official_hyspark_sincos(side: int, width: int) -> torch.Tensor:
+    """HySparK's ``build_3d_sincos_position_embedding`` (``models/network/hyspark_model.py``), ``(1, side^3, width)``:
+    ``meshgrid(h, w, d)`` (``"ij"``), flattened, then sin / cos codes of h, of w, of d."""
+    grid = torch.meshgrid(*(torch.arange(side, dtype=torch.float32),) * 3, indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(width // 6, dtype=torch.float32) / (width // 6))
+    codes = [torch.einsum("m,d->md", axis.flatten(), omega) for axis in grid]
+    return torch.cat([f(c) for c in codes for f in (torch.sin, torch.cos)], dim=1)[None]
+
+
+def official_mim_sincos(side: int, width: int) -> torch.Tensor:
+    """MiM's ``get_3d_sincos_pos_embed`` (``Pretrain/utils/MAE/pos_embed.py``, numpy), ``(1, side^3, width)``: its
+    ``meshgrid2(w, h, d)`` reverses its arguments and spreads the k-th along axis k, i.e. ``meshgrid(d, h, w)``
+    (``"ij"``); the three are reshaped to the grid and flattened, and coded in that order, each with
+    ``width / 3`` channels: sines, then cosines of ``pos * 10000 ** (-k / (width / 6))``."""
+    axis = np.arange(side, dtype=np.float32)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij")).reshape(3, 1, side, side, side)
+    omega = 1.0 / 10000 ** (np.arange(width // 6, dtype=np.float32) / np.float32(width // 3 / 2))
+    outs = [np.einsum("m,d->md", grid[a].reshape(-1), omega) for a in range(3)]
+    return torch.from_numpy(np.concatenate([f(o) for o in outs for f in (np.sin, np.cos)], axis=1)).float()[None]
+
+
+def added_position_embedding(module, first_block, *inputs, token_embed=None) -> torch.Tensor:
+    """``(L, W)``: what ``module(*inputs)`` adds to its tokens before ``first_block``, in the network's token order
+    (read with the tokens zero: ``inputs`` zero, or ``token_embed``'s output made zero)."""
+    seen = []
+    hooks = [first_block.register_forward_pre_hook(lambda block, args: seen.append(args[0][0]))]
+    if token_embed is not None:
+        hooks.append(token_embed.register_forward_hook(lambda layer, args, out: torch.zeros_like(out)))
+    with torch.no_grad():
+        module(*inputs)
+    for hook in hooks:
+        hook.remove()
+    return seen[0]
+
+
 def hyspark_release() -> dict[str, torch.Tensor]:
     """HySparK's ``sparse_encoder.state_dict()`` at the paper's sizes (``hyspark_model.Encoder``)."""
     channels, depths, ratios = (32, 64, 128, 256, 384), (1, 1, 3, 3, 1), (2, 4, 4, 4, 2)
@@ -76,7 +114,7 @@ def hyspark_release() -> dict[str, torch.Tensor]:
     for k in range(1, 5):
         state |= conv(f"embeddings.expend{k}.", channels[k], channels[k - 1], 3, 3, 3)
     state |= timm_vit("mae.blocks.", 384, 3) | norm("mae.norm.", 384)
-    state |= {"mae.pos_embed": rand(1, 216, 384), "mae.mask_token": rand(1, 1, 384)}
+    state |= {"mae.pos_embed": official_hyspark_sincos(6, 384), "mae.mask_token": rand(1, 1, 384)}
     return state
 
 
@@ -121,14 +159,6 @@ def assert_encoder_loaded(network: torch.nn.Module, path, rename: dict, prefixes
     assert not report.shape_mismatch
 
 
-def official_hyspark_sincos(side: int, width: int) -> torch.Tensor:
-    """HySparK's ``build_3d_sincos_position_embedding`` (h, w, d order), re-implemented from its code."""
-    grid = torch.meshgrid(*(torch.arange(side, dtype=torch.float32),) * 3, indexing="ij")
-    omega = 1.0 / 10000 ** (torch.arange(width // 6, dtype=torch.float32) / (width // 6))
-    codes = [torch.outer(axis.flatten(), omega) for axis in grid]
-    return torch.cat([f(c) for c in codes for f in (torch.sin, torch.cos)], dim=1)[None]
-
-
 def test_hyspark_release_converts_into_the_encoder(tmp_path, caplog):
     torch.manual_seed(0)
     release = hyspark_release()
@@ -143,7 +173,8 @@ def test_hyspark_release_converts_into_the_encoder(tmp_path, caplog):
     assert converted["encoder.stages.2.2.conv2.weight"].equal(release["embeddings.layer3.2.conv2.weight"])
     assert converted["encoder.widen.3.bias"].equal(release["embeddings.expend4.bias"])
     assert_values_carried(release, converted, report)
-    assert "mae.pos_embed: differs" in caplog.text  # random values, not a sin-cos code
+    assert not report.warnings and "WARNING" not in caplog.text  # the official sin-cos embedding: nothing to warn
+    assert report.dropped["mae.pos_embed"].endswith("compared: equal to it at every token")
 
     method = train_json_spec(BUNDLES_DIR / "hyspark_pretrain", {"decoder_width": 96}, PINNED_CONFIG).build()
     result = method.load_state_dict(converted, strict=False)
@@ -151,25 +182,37 @@ def test_hyspark_release_converts_into_the_encoder(tmp_path, caplog):
     assert all(not n.startswith("encoder.") or UNUSED in n for n in result.missing_keys)
     network = segmentation_network("hyspark", out_channels=3)
     assert_encoder_loaded(network, out, PRETRAINED_ENCODER_RENAME["hyspark"], "encoder.")
+    # the fine-tuning ViT adds at each token of the 6^3 grid (raster order, as the official flatten(2)) the release's
+    vit = network.encoder.vit
+    added = added_position_embedding(vit, vit.blocks[0], torch.zeros(1, 384, 6, 6, 6))
+    assert torch.allclose(added, release["mae.pos_embed"][0], rtol=0, atol=1e-6)
     # the release's sizes travel with it: fine-tuning builds the paper's encoder whatever the machine's default
     assert pretrained_encoder_setting(out, {"channels": [8]}, ["HySparK"]) == hybrid_config(cpu_demo_scale=False)
 
 
-def test_sincos_check_recognises_the_official_axis_order():
+def test_sincos_check_passes_the_official_embeddings_and_names_others():
     check = sincos_check()
-    assert check(sincos_position_embedding((6, 6, 6), 384, "cpu")[None]) is None
-    assert "first two grid axes swapped" in check(official_hyspark_sincos(6, 384))
+    assert check(official_hyspark_sincos(6, 384)) is None and check(official_mim_sincos(4, 96)) is None
+    monai = build_sincos_position_embedding([6, 6, 6], 384, spatial_dims=3).detach()
+    assert "grid axes 0 and 1 exchanged (MONAI's" in check(monai)
+    assert "differs from the sin-cos embedding" in check(torch.rand(1, 216, 384))
+    assert "not a cubic grid" in check(torch.rand(1, 100, 384))
 
 
 @pytest.mark.parametrize(("grid", "width"), [((5, 7), 20), ((3, 5, 7), 30)])  # sizes no network caches
-def test_sincos_position_embedding_is_monais_with_the_meshgrid_indexing_passed(grid, width, monkeypatch):
-    """torch warns about a meshgrid without ``indexing`` once per process, so the call's arguments are checked."""
+def test_sincos_position_embedding_is_monais_with_the_first_two_axes_bands_exchanged(grid, width, monkeypatch):
+    """MONAI codes grid axis 1 first, then 0 (then 2); ours axis 0, 1 (, 2), on any grid. torch warns about a
+    meshgrid without ``indexing`` once per process, so the call's arguments are checked."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.meshgrid")
-        monai = build_sincos_position_embedding(list(grid), width, spatial_dims=len(grid))[0]
+        monai = build_sincos_position_embedding(list(grid), width, spatial_dims=len(grid))[0].detach()
+    axis_1, axis_0, *others = monai.split(width // len(grid), dim=1)
     meshgrid, calls = torch.meshgrid, []
     monkeypatch.setattr(torch, "meshgrid", lambda *axes, **kwargs: calls.append(kwargs) or meshgrid(*axes, **kwargs))
-    assert torch.equal(sincos_position_embedding(grid, width, "cpu"), monai) and calls == [{"indexing": "ij"}]
+    ours = sincos_position_embedding(grid, width, "cpu")
+    assert torch.equal(ours, torch.cat((axis_0, axis_1, *others), dim=1)) and calls == [{"indexing": "ij"}]
+    cell = (1, 2, 3)[: len(grid)]  # band 0 codes the coordinate on axis 0: sin(1 * 10000^0) in its first channel
+    assert ours[int(np.ravel_multi_index(cell, grid)), 0] == torch.sin(torch.tensor(1.0))
 
 
 def test_a_release_missing_encoder_blocks_is_refused_unless_partial_is_allowed(tmp_path):
@@ -203,8 +246,9 @@ def mim_release() -> dict[str, torch.Tensor]:
         state |= norm(p + "norm1.", c) | conv(p + "conv1.", c, c, 1, 1, 1) | conv(p + "attn.", c, 1, 5, 5, 5)
         state |= conv(p + "conv2.", c, c, 1, 1, 1) | norm(p + "norm2.", c)
         state |= conv(p + "mlp.fc1.", 4 * c, c, 1, 1, 1) | conv(p + "mlp.fc2.", c, 4 * c, 1, 1, 1)
-    state |= timm_vit("blocks4.", 384, 2) | norm("norm.", 384) | {"pos_embed": rand(1, 216, 384)}
-    state |= linear("decoder_embed.", 96, 384) | {"mask_token": rand(1, 1, 96), "decoder_pos_embed": rand(1, 216, 96)}
+    state |= timm_vit("blocks4.", 384, 2) | norm("norm.", 384) | {"pos_embed": official_mim_sincos(6, 384)}
+    state |= linear("decoder_embed.", 96, 384) | {"mask_token": rand(1, 1, 96)}
+    state["decoder_pos_embed"] = official_mim_sincos(6, 96)
     state |= timm_vit("decoder_blocks.", 96, 1) | norm("decoder_norm.", 96) | linear("decoder_pred.", 16**3, 96)
     return state
 
@@ -222,7 +266,7 @@ def test_mim_pickled_release_needs_trust_and_converts(tmp_path, caplog):
         report = convert_checkpoint("mim", source, out, trust_pickle=True, overrides=MIM_OVERRIDES)
     assert "weights_only=False" in caplog.text
     converted = torch.load(out, weights_only=True)["model"]
-    assert report.complete and set(report.dropped) == {"pos_embed", "decoder_pos_embed"}
+    assert report.complete and set(report.dropped) == {"pos_embed", "decoder_pos_embed"} and not report.warnings
     assert converted["encoder.conv_stages.1.0.dwconv.weight"].equal(release["blocks2.0.attn.weight"])
     assert converted["encoder.patch_embeds.3.1.bias"].equal(release["patch_embed4.norm.bias"])
     assert converted["encoder.stage_projections.0.weight"].equal(release["stage1_output_decode.weight"])
@@ -231,6 +275,14 @@ def test_mim_pickled_release_needs_trust_and_converts(tmp_path, caplog):
     encoder = MIM_OVERRIDES["convvit_config"]
     network = segmentation_network("mim", out_channels=3, feature_size=12, encoder_config=encoder)
     assert_encoder_loaded(network, out, PRETRAINED_ENCODER_RENAME["mim"], "encoder.")
+    # encoder and decoder add at each token of the 6^3 grid (raster order, as the official flatten(2)) the release's
+    vit = network.encoder
+    added = added_position_embedding(vit, vit.blocks[0], torch.zeros(1, 1, 96, 96, 96), token_embed=vit.token_embed)
+    assert torch.allclose(added, release["pos_embed"][0], rtol=0, atol=1e-6)
+    decoder = MAEDecoder(384, width=96, depth=1, num_heads=4)  # the embedding depends on the grid and width only
+    latent, visible = torch.zeros(1, 384, 6, 6, 6), torch.ones(1, 1, 6, 6, 6, dtype=torch.bool)
+    added = added_position_embedding(decoder, decoder.blocks[0], latent, visible, token_embed=decoder.embed)
+    assert torch.allclose(added, release["decoder_pos_embed"][0], rtol=0, atol=1e-6)
 
 
 GLMAE_VIT = {"hidden_size": 768, "mlp_dim": 3072, "num_layers": 2, "num_heads": 12}
@@ -341,7 +393,7 @@ def test_unknown_source_and_override_are_named(tmp_path):
 def test_command_line_converts_and_never_overwrites(tmp_path, repo_root):
     torch.manual_seed(6)
     source, out = tmp_path / "hyspark.pth", tmp_path / "converted.pt"
-    release = hyspark_release()
+    release = hyspark_release() | {"mae.pos_embed": rand(1, 216, 384)}  # not a sin-cos code: reported
     torch.save(release, source)
     done = run_module("tools.convert_checkpoint", "--source", "hyspark", str(source), str(out),
                       "--overrides", "{'decoder_width': 96}", cwd=repo_root)

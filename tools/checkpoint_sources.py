@@ -7,7 +7,8 @@ bundle whose method the weights convert into, where the weights sit in the file,
   becomes, the rest of the name kept; the first rule that matches wins, so specific rules come first. A rule may
   carry an exact value transform (e.g. an RGB stem convolution made grey, see :func:`grey_stem`).
 * :class:`Dropped` s: release tensors that have no counterpart *by design*, with the reason; a fixed tensor the
-  collection's network recomputes (sin-cos position embeddings) is compared with what the network uses.
+  collection's network recomputes (sin-cos position embeddings) is compared with what the network uses
+  (:func:`sincos_check`).
 
 Names are matched after :func:`common.transfer.extract_state_dict` has found the tensors (under ``model`` /
 ``state_dict`` ...) and stripped the ``module.`` prefix of DistributedDataParallel.
@@ -62,7 +63,7 @@ TIMM_TO_MONAI_BLOCK = {
     "mlp.fc1": "mlp.linear1",
     "mlp.fc2": "mlp.linear2",
 }
-FIXED_SINCOS = "fixed sin-cos position embedding (not learnt); the network computes its own"
+FIXED_SINCOS = "fixed sin-cos position embedding (not learnt); the network computes its own, in the official order"
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Dropped:
     """Release tensors whose name starts with ``pattern`` that have no counterpart by design, and ``reason``.
 
     ``check`` compares such a tensor with what the collection's network uses instead and returns a message when
-    they differ (the conversion then warns), or ``None``.
+    they differ (the conversion then warns), or ``None`` when they are equal (the report says so).
     """
 
     pattern: str
@@ -192,7 +193,12 @@ def cls_with_position(position: str) -> Transform:
 
 def sincos_check(extra_tokens: int = 0) -> Callable[[torch.Tensor], str | None]:
     """A check of a release's fixed position embedding ``(1, extra_tokens + L, W)`` of a cubic grid against
-    :func:`common.layers.sincos_position_embedding`, which the collection's networks add instead."""
+    :func:`common.layers.sincos_position_embedding`, which the collection's networks add instead.
+
+    HySparK's and MiM's official builders give exactly that embedding (band ``a`` codes grid axis ``a``, tokens in
+    the raster order of ``flatten(2)``), so their releases pass. An embedding in MONAI's order (grid axes 0 and 1
+    exchanged) or not sin-cos at all is named: the converted blocks would see other positions than they learnt.
+    """
 
     def check(tensor: torch.Tensor) -> str | None:
         if tensor.dim() != 3:
@@ -205,11 +211,11 @@ def sincos_check(extra_tokens: int = 0) -> Callable[[torch.Tensor], str | None]:
         ours = sincos_position_embedding((side,) * 3, width, "cpu")
         if torch.allclose(release, ours, atol=1e-4):
             return None
-        swapped = ours.view(side, side, side, width).transpose(0, 1).reshape(cells, width)
-        if torch.allclose(release, swapped, atol=1e-4):
+        axis_0, axis_1, axis_2 = ours.split(width // 3, dim=1)
+        if torch.allclose(release, torch.cat((axis_1, axis_0, axis_2), dim=1), atol=1e-4):
             return (
-                "equals the sin-cos embedding the network computes with the first two grid axes swapped (MAE's "
-                "'w goes first' order against MONAI's): the converted blocks see those two axes exchanged"
+                "is the sin-cos embedding with grid axes 0 and 1 exchanged (MONAI's build_sincos_position_embedding "
+                "order), not the official order the network computes: the converted blocks see those axes exchanged"
             )
         difference = float((release - ours).abs().max())
         return f"differs from the sin-cos embedding the network computes (max |difference| {difference:.3g})"

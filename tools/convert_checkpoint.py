@@ -55,10 +55,19 @@ is given. Known differences of architecture, for which a release needs ``--allow
 * MiM checkpoints holding the cross-level heads ``aggregate_*`` (decoder-width MLPs): this collection's MiM heads are
   ``contrast_dim`` wide.
 
-Fixed sin-cos position embeddings are not copied (the networks compute their own) but compared: HySparK's and MiM's
-official code builds theirs with the first two grid axes in the other order than MONAI's, which the collection's
-networks use (checked by recomputing them with the official formulas); the report warns when a release's embedding
-differs from the network's.
+Fixed sin-cos position embeddings are not copied but compared. HySparK's official
+``build_3d_sincos_position_embedding`` and MiM's ``get_3d_sincos_pos_embed`` give the cell at ``(i, j, k)`` of the
+1/16 grid the codes of ``i``, then ``j``, then ``k`` (``W / 3`` channels each: ``W / 6`` sines, then cosines), and
+both flatten the grid in raster order (``flatten(2)``, the last axis fastest), as this collection's networks do;
+MONAI's ``build_sincos_position_embedding`` codes ``j`` first, then ``i``, then ``k``. The networks therefore build
+theirs in the official order (:func:`common.layers.sincos_position_embedding`, in pre-training and fine-tuning alike):
+the released weights compute exactly what they compute in the official networks, and no tensor changes form. The
+other fixes are worse: copying the release's tensor needs a stored embedding, which cannot follow the grid of other
+crops as a computed one does; permuting other tensors is not exact (exchanging the two axes of every kernel computes
+the official network on the transposed image; exchanging the two bands' channels through the whole ViT stream
+exchanges the channels of the encoder's outputs too). The report lists the embedding as dropped and equal to the
+network's, and warns when a release's embedding differs: in MONAI's order (named as such) or not the sin-cos code at
+all. GL-MAE's ``decoder_pos_embed`` is compared the same way (its pre-training code, and so its order, is not public).
 
 Checkpoints are read with ``torch.load(..., weights_only=True)``. A file that holds pickled Python objects besides
 tensors (MiM's ``args``, DINO-style ``args``) is refused unless ``--trust_pickle`` is given: unpickling runs code stored
@@ -66,7 +75,9 @@ in the file, so pass it only for files from a source you trust. An existing outp
 ``--overwrite``.
 
 The conversion was tested on synthetic files shaped like the releases (``tests/test_convert_checkpoint.py``: the
-documented names and shapes, random values), not on the released files themselves, which could not be downloaded here.
+documented names and shapes, random values but for HySparK's and MiM's sin-cos embeddings, computed by the official
+formulas and checked token by token against what the converted networks add), not on the released files themselves,
+which could not be downloaded here.
 """
 
 from __future__ import annotations
@@ -238,6 +249,8 @@ def convert_state(
             message = dropped.check(tensor) if dropped.check else None
             if message:
                 report.warnings.append(f"{name}: {message}")
+            elif dropped.check:
+                report.dropped[name] += "; compared: equal to it at every token"
             continue
         renamed = source.rename(name)
         if renamed is None:
