@@ -1,5 +1,6 @@
-"""MiM: level geometry and exact child / parent correspondence, the cross-level InfoNCE on hand-checked cases,
-visible-only encoding of the ConvViT, level schedules, one training step, and transfer to segmentation."""
+"""MiM: level geometry and exact child / parent correspondence, per-level mask ratios, the cross-level InfoNCE on
+hand-checked cases, visible-only encoding of the ConvViT, level schedules (Table XII's ramps), one training step, and
+transfer to segmentation."""
 
 import math
 
@@ -21,8 +22,8 @@ TINY_GEOMETRY = MiMGeometry(crops=((64,) * 3, (32,) * 3, (16,) * 3), inputs=((32
 
 
 def tiny_mim(**kwargs) -> MiM:
-    options = dict(encoder=TINY_ENCODER, decoder_width=12, decoder_depth=1, decoder_heads=2, contrast_dim=16)
-    return MiM(geometry=TINY_GEOMETRY, **(options | kwargs))
+    options = dict(geometry=TINY_GEOMETRY, encoder=TINY_ENCODER, decoder_width=12, decoder_depth=1, decoder_heads=2)
+    return MiM(**(options | {"contrast_dim": 16} | kwargs))
 
 
 def test_presets_are_consistent_and_bad_geometries_are_refused():
@@ -70,6 +71,25 @@ def test_children_are_masked_regions_of_their_parent_resampled():
         assert level.region_visible.flatten(1).sum(1).tolist() == [keep_count(cells, 0.6)] * level.input.shape[0]
 
 
+def test_each_level_is_masked_at_its_own_ratio():
+    method = tiny_mim(mask_ratio=[0.5, 0.75, 0.25], children_per_parent=2)  # 8 regions / tokens at every level
+    levels = method.sample_levels(torch.rand(2, 1, 64, 64, 64), torch.Generator().manual_seed(0))
+    for index, (level, kept) in enumerate(zip(levels, (4, 2, 6))):
+        per_region = math.prod(TINY_GEOMETRY.token_grid(index)) // math.prod(TINY_GEOMETRY.region_grid(index))
+        assert level.region_visible.flatten(1).sum(1).tolist() == [kept] * level.input.shape[0]
+        assert level.visible.flatten(1).sum(1).tolist() == [kept * per_region] * level.input.shape[0]
+    assert int(method.mask(torch.zeros(1, 1, 64, 64, 64)).sum()) == keep_count(64, 0.5)  # export: level 1's ratio
+    # the official code's ratios (level 1 / 2 / 3 = mask_ratio_up / mid / down): 4 of 8 octants masked, gamma = 4
+    official = tiny_mim(geometry="official", mask_ratio=(0.5, 0.6, 0.5))
+    assert official.mask_ratios == (0.5, 0.6, 0.5)
+    with pytest.raises(ValueError, match="level 1 masks 4 of its 8 regions, fewer than children_per_parent=5"):
+        tiny_mim(geometry="official", mask_ratio=(0.5, 0.6, 0.5), children_per_parent=5)
+    with pytest.raises(ValueError, match="level 2 masks 2 of its 8 regions"):  # the check holds level by level
+        tiny_mim(mask_ratio=(0.5, 0.25, 0.5), children_per_parent=4)
+    with pytest.raises(ValueError, match="one per level"):
+        tiny_mim(mask_ratio=(0.5, 0.6))
+
+
 def test_infonce_and_byol_on_hand_checked_cases():
     regions = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]])  # (N=1, R=3, D=2)
     context = torch.tensor([[[2.0, 0.0], [0.0, 0.5]]])  # (N=1, G=2): aligned with region 0, then region 1
@@ -100,14 +120,30 @@ def test_encoder_sees_visible_voxels_only():
     torch.testing.assert_close(all_visible, dense)  # nothing masked = the dense fine-tuning encoder
 
 
-def test_level_schedules():
-    assert level_weights("simultaneous", 3, 0.0) == pytest.approx([1 / 3] * 3)
-    assert level_weights("coarse_to_fine", 3, 0.0) == [1.0, 0.0, 0.0]
-    assert level_weights("coarse_to_fine", 3, 0.5) == [0.5, 0.5, 0.0]
-    assert level_weights("fine_to_coarse", 3, 0.4) == [0.0, 0.5, 0.5]
-    assert level_weights("fine_to_coarse", 3, 0.99) == pytest.approx([1 / 3] * 3)
+def test_level_schedules_are_table_xii_ramps():
+    assert level_weights("simultaneous", 3, 0.3) == [1.0] * 3 and level_weights("simultaneous", 4, 0.0) == [1.0] * 4
+    # Table XII's end points (L_R^1, L_R^2, L_R^3): Coarse -> Fine 1 -> 1, 2 -> 1, 0 -> 1; Fine -> Coarse the mirror.
+    assert level_weights("coarse_to_fine", 3, 0.0) == pytest.approx([1.0, 2.0, 0.0])
+    assert level_weights("fine_to_coarse", 3, 0.0) == pytest.approx([1.0, 0.0, 2.0])
+    for schedule in ("coarse_to_fine", "fine_to_coarse"):
+        assert level_weights(schedule, 3, 1.0) == pytest.approx([1.0, 1.0, 1.0])
+    # halfway: the official 1 + cos(pi p / 2) and sin(pi p / 2) at p = 1/2
+    half = math.sqrt(0.5)
+    assert level_weights("coarse_to_fine", 3, 0.5) == pytest.approx([1.0, 1.0 + half, half])
+    assert level_weights("fine_to_coarse", 3, 0.5) == pytest.approx([1.0, half, 1.0 + half])
+    # continuous and monotone: steps of 1/1000 move no weight by more than pi / 2000
+    ramp = [level_weights("coarse_to_fine", 3, step / 1000) for step in range(1001)]
+    for before, after in zip(ramp, ramp[1:]):
+        assert max(abs(a - b) for a, b in zip(before, after)) <= math.pi / 2000 + 1e-12
+        assert after[0] == 1.0 and after[1] < before[1] and after[2] > before[2]
     with pytest.raises(ValueError, match="unknown level schedule"):
         level_weights("random", 3, 0.0)
+    two_levels = MiMGeometry(crops=((32,) * 3, (16,) * 3), inputs=((32,) * 3,) * 2)
+    assert tiny_mim(geometry=two_levels).level_schedule == "simultaneous"
+    with pytest.raises(ValueError, match="defined for 3 levels"):
+        tiny_mim(geometry=two_levels, level_schedule="coarse_to_fine")
+    with pytest.raises(ValueError, match="progress must be in"):
+        level_weights("fine_to_coarse", 3, 1.5)
 
 
 def test_training_progress_follows_the_iteration():
@@ -127,7 +163,8 @@ def test_one_step_trains_every_part_and_reports_each_loss():
     result = method({"image": torch.rand(2, 1, 64, 64, 64)}, images=True)
     expected = {"loss", "loss/recon", "loss/contrast", "loss/contrast_level1_2", "loss/contrast_level2_3"}
     assert expected | {f"loss/recon_level{i}" for i in (1, 2, 3)} == set(k for k in result if k.startswith("loss"))
-    assert result["loss/recon"] == result["loss/recon_level1"]  # coarse_to_fine at progress 0: level 1 only
+    recon = [result[f"loss/recon_level{i}"] for i in (1, 2, 3)]
+    torch.testing.assert_close(result["loss/recon"], (recon[0] + 2 * recon[1]) / 3)  # weights 1, 2, 0 at progress 0
     torch.testing.assert_close(result["loss"].detach(), result["loss/recon"] + 0.1 * result["loss/contrast"])
     assert sorted(result["images"]) == sorted(f"level{i}_{n}" for i in (1, 2, 3) for n in ("input", "masked", "reconstruction"))
     result["loss"].backward()

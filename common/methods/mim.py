@@ -9,7 +9,8 @@ One step on a batch of level-1 crops (:class:`MiMGeometry` gives their sizes):
    without replacement, cut from that crop at its own resolution and resized to the encoder input, so a child
    is exactly its parent's region resampled; masked again; the finest level is masked token by token;
 3. every level goes through the :class:`~common.networks.convvit.ConvViT3D` encoder (visible tokens only) and
-   the MAE decoder; L_R = level-weighted mean of the per-patch normalised MSE on masked tokens;
+   the MAE decoder; L_R = (1 / L) sum_l w_l L_R^l (eq. 3; w_l: :func:`level_weights`) of the per-patch
+   normalised MSE on masked tokens;
 4. L_C (eq. 4-6): the mean-pooled decoder features of each child, through an MLP head, against the region
    features of its parent (mean-pooled decoder features of each region, stop-gradient, through another head):
    InfoNCE whose positive is the region the child came from;
@@ -104,24 +105,50 @@ def mim_geometry(geometry: str | Mapping | MiMGeometry) -> MiMGeometry:
 
 
 def level_weights(schedule: str, num_levels: int, progress: float) -> list[float]:
-    """Weights of the levels' reconstruction losses (paper Table XII), coarse to fine, summing to 1.
+    """Weights ``w_l`` of the levels' reconstruction losses, coarse to fine, at a point of training:
+    ``L_R = (1 / L) sum_l w_l L_R^l`` (eq. 3 when every ``w_l`` is 1). Paper Table XII, "Learning process":
 
-    ``simultaneous``: all levels equally from the start. ``coarse_to_fine``: level 1 alone first, one finer level
-    joins after each ``1 / num_levels`` of training; ``fine_to_coarse``: the same from the finest level. Active
-    levels are weighted equally.
+    ==================  ==========  ==========  ==========
+    ``schedule``        L_R^1       L_R^2       L_R^3
+    ==================  ==========  ==========  ==========
+    ``simultaneous``    1 -> 1      1 -> 1      1 -> 1
+    ``coarse_to_fine``  1 -> 1      2 -> 1      0 -> 1
+    ``fine_to_coarse``  1 -> 1      0 -> 1      2 -> 1
+    ==================  ==========  ==========  ==========
+
+    Level 1's column is read as 1 -> 1 in every row: the text of the table gives it in the Fine -> Coarse row
+    only, as if one cell spanned all rows. The table gives the end points only; the ramps between them take the
+    official code's shapes (``Pretrain/utils/lr_sched.py`` 26-36, ``get_sin_weight_higher`` and
+    ``get_cos_weight_lower``, applied in ``engine_pretrain.py`` 73-78), with ``p`` = ``progress``:
+
+    - falling, 2 -> 1: ``1 + cos(pi p / 2)``;
+    - rising, 0 -> 1: ``sin(pi p / 2)``.
+
+    The official code takes ``p = epoch / epochs`` (the integer epoch, over all epochs, warm-up included), so its
+    weights step once per epoch; here ``p`` is the fraction of iterations done
+    (:class:`~common.engine.TrainingProgress`). The official ``coarse_to_fine`` ramps level 1 down and level 3 up
+    and keeps level 2 at 1 (``fine_to_coarse`` the reverse), where Table XII ramps levels 2 and 3 and keeps level 1
+    at 1: this follows the table. Between the end points the weights do not sum to ``L`` (e.g. 3.41 at
+    ``p = 0.5``), as in the official code.
 
     Args:
         schedule: one of :data:`LEVEL_SCHEDULES`.
-        num_levels: ``L``.
+        num_levels: ``L``; the ramps are defined for Table XII's ``L = 3`` only.
         progress: fraction of training done, in [0, 1].
+
+    Raises:
+        ValueError: an unknown ``schedule``, ``progress`` outside [0, 1], or a ramp with ``num_levels != 3``.
     """
     if schedule not in LEVEL_SCHEDULES:
         raise ValueError(f"unknown level schedule {schedule!r}; choose one of {LEVEL_SCHEDULES}")
-    active = num_levels if schedule == "simultaneous" else min(num_levels, 1 + math.floor(progress * num_levels))
-    on = [True] * active + [False] * (num_levels - active)
-    if schedule == "fine_to_coarse":
-        on.reverse()
-    return [1.0 / active if a else 0.0 for a in on]
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be in [0, 1], got {progress}")
+    if schedule == "simultaneous":
+        return [1.0] * num_levels
+    if num_levels != 3:
+        raise ValueError(f"{schedule!r} is defined for 3 levels (paper Table XII), not {num_levels}")
+    falling, rising = 1.0 + math.cos(math.pi * progress / 2), math.sin(math.pi * progress / 2)
+    return [1.0, falling, rising] if schedule == "coarse_to_fine" else [1.0, rising, falling]
 
 
 @dataclass
@@ -156,7 +183,8 @@ class MiM(nn.Module):
         encoder: :class:`ConvViT3D` sizes (``widths``, ``depths``, ``num_heads``; the paper's by default).
         decoder_width, decoder_depth, decoder_heads: the MAE decoder (576, 8, 16).
         geometry: a preset name, mapping or geometry (:func:`mim_geometry`).
-        mask_ratio: fraction of masked regions / tokens at every level (0.6).
+        mask_ratio: fraction of masked regions / tokens, one for every level (0.6, paper Table II) or one per
+            level, coarse to fine (the official code's 0.5, 0.6, 0.5).
         children_per_parent: gamma, volumes drawn from each parent's masked regions (4).
         contrast_weight: alpha (0.1).
         contrast_dim: width D of the context / region heads (2048).
@@ -178,7 +206,7 @@ class MiM(nn.Module):
         decoder_depth: int = 8,
         decoder_heads: int = 16,
         geometry: str | Mapping | MiMGeometry = "official",
-        mask_ratio: float = 0.6,
+        mask_ratio: float | Sequence[float] = 0.6,
         children_per_parent: int = 4,
         contrast_weight: float = 0.1,
         contrast_dim: int = 2048,
@@ -189,19 +217,22 @@ class MiM(nn.Module):
         super().__init__()
         self.geometry = mim_geometry(geometry)
         self.patch_size = PATCH_SIZE
-        self.mask_ratio = mask_ratio
+        levels = self.geometry.num_levels
+        self.mask_ratios = (mask_ratio,) * levels if isinstance(mask_ratio, (int, float)) else tuple(mask_ratio)
+        if len(self.mask_ratios) != levels:
+            raise ValueError(f"need one mask_ratio or one per level ({levels}), got {mask_ratio}")
         self.children_per_parent = children_per_parent
         self.contrast_weight = contrast_weight
-        level_weights(level_schedule, self.geometry.num_levels, 0.0)  # validates the name
+        level_weights(level_schedule, levels, 0.0)  # validates the name and the number of levels
         self.level_schedule = level_schedule
         self.progress = 0.0
-        for level in range(self.geometry.num_levels - 1):
+        for level in range(levels - 1):
             regions = math.prod(self.geometry.region_grid(level))
-            masked = regions - keep_count(regions, mask_ratio)
+            masked = regions - keep_count(regions, self.mask_ratios[level])
             if masked < children_per_parent:
                 raise ValueError(
                     f"level {level + 1} masks {masked} of its {regions} regions, fewer than children_per_parent="
-                    f"{children_per_parent}; lower children_per_parent or raise mask_ratio"
+                    f"{children_per_parent}; lower children_per_parent or raise its mask_ratio"
                 )
         self.encoder = ConvViT3D(in_channels, **(encoder or {}))
         self.decoder = MAEDecoder(
@@ -224,7 +255,7 @@ class MiM(nn.Module):
         levels, crop, parent_region = [], image, None
         for level in range(self.geometry.num_levels):
             regions = self.geometry.region_grid(level)
-            region_visible = random_patch_mask(crop.shape[0], regions, self.mask_ratio, generator, crop.device)
+            region_visible = random_patch_mask(crop.shape[0], regions, self.mask_ratios[level], generator, crop.device)
             visible = upsample_mask(region_visible, self.geometry.token_grid(level))
             levels.append(Level(crop, _resize(crop, self.geometry.inputs[level]), visible, region_visible, parent_region))
             if level + 1 < self.geometry.num_levels:
@@ -256,9 +287,10 @@ class MiM(nn.Module):
         return self.encode_decode(image, visible)[0]
 
     def mask(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A token-level mask ``(B, 1, *S/16)`` for a single-level reconstruction of ``image`` (export, viewing)."""
+        """A token-level mask ``(B, 1, *S/16)`` for a single-level reconstruction of ``image`` (export, viewing),
+        at level 1's mask ratio (the level that sees whole crops)."""
         grid = [s // PATCH_SIZE for s in image.shape[2:]]
-        return random_patch_mask(image.shape[0], grid, self.mask_ratio, generator, image.device)
+        return random_patch_mask(image.shape[0], grid, self.mask_ratios[0], generator, image.device)
 
     def images(self, image: torch.Tensor, prediction: torch.Tensor, visible: torch.Tensor) -> dict[str, torch.Tensor]:
         """``input``, ``masked``, ``reconstruction`` and ``target`` of one level (:func:`masked_reconstruction_images`)."""
@@ -298,14 +330,14 @@ class MiM(nn.Module):
         #       *inputs[l]) and visible (N_l, 1, *token_grid(l)).
         levels = self.sample_levels(batch["image"])
         # 3. encode and decode every level: prediction (N_l, C, *inputs[l]), features (N_l, L_l, decoder_width);
-        #    L_R, the levels' masked-token MSEs weighted by the level schedule (eq. 3 when "simultaneous").
+        #    L_R = (1 / L) sum_l w_l L_R^l, the level schedule's weights (eq. 3 when "simultaneous", Table XII).
         outputs = [self.encode_decode(level.input, level.visible) for level in levels]
         recon = [
             self.reconstruction_loss(prediction, level.input, level.visible)
             for level, (prediction, _) in zip(levels, outputs)
         ]
         weights = level_weights(self.level_schedule, len(levels), self.progress)
-        recon_loss = sum(w * r for w, r in zip(weights, recon))
+        recon_loss = sum(w * r for w, r in zip(weights, recon)) / len(recon)
         # 4. L_C, the mean over the pairs of consecutive levels (eq. 7).
         contrast = [
             self._cross_level_loss(index, outputs[index][1], outputs[index + 1][1], levels[index + 1])
