@@ -39,20 +39,25 @@ EXPECTED = {
     },
     # MiM, Table II "Pre-training settings": "Steps 45K", "Optimizer AdamW", "Learning rate (LR) 1e-4", "Warmup step
     # 100", "Regularization weight 1e-2", "Batch size 256", "MiM Level-1 384, 384, 192", "MiM mask ratio 0.6",
-    # "MiM sampling times on next level gamma 4"; Eq. 10: alpha 0.1. Silent: lr floor, betas from the official code.
+    # (one ratio, every level), "MiM sampling times on next level gamma 4"; Eq. 10: alpha 0.1; Table XII:
+    # "Simultaneously" (equal level weights) the best learning process. Silent: lr floor, betas from the official code.
     # Official code (JiaxinZhuang/MiM): Pretrain/nscripts_gpu6/MiM/pretrain.sh batch_size 1 x accum_iter 64 x 2 GPUs =
     # 128 crops (utils/data_utils.py get_loader_mmsmae: one 192^3 crop per volume), blr 1e-4 scaled by an
     # eff_batch_size of 512 (main_pretrain.py 89-90: counts sw_batch_size 4) = 2e-4, weight_decay 0.05, AdamW betas
     # (0.9, 0.95) (main_pretrain.py 104), min_lr 0 (utils/default_arguments.py 41), no clipping (engine_pretrain.py 90),
     # attn_loss_name byol; 800 epochs / 40 warm-up epochs on its 1k set (746 volumes, 5 optimizer steps per epoch) =
-    # 4,000 / 200 optimizer steps.
+    # 4,000 / 200 optimizer steps; mask ratios per level 0.5 / 0.6 / 0.5: utils/default_arguments.py 130-135
+    # mask_ratio_up / mask_ratio_mid / mask_ratio_down, read by models_convmae3d_v4.py 372 / 380 / 388 for level 1 (the
+    # 192^3 crop) / level 2 (its 96^3 octants) / level 3 (the 16^3 tokens); the script's --mask_ratio 0.6 is not read
+    # by this model; --mode concurrent (utils/default_arguments.py 160): equal level weights.
     "mim_pretrain": {
         "paper": {"global_batch_size": 256, "learning_rate": 1e-4, "max_steps": 45000, "warmup_steps": 100,
                   "weight_decay": 0.01, "min_learning_rate": 0.0, "mask_ratio": 0.6, "children_per_parent": 4,
-                  "contrast_weight": 0.1, "roi_size": [384, 384, 192]},
+                  "contrast_weight": 0.1, "level_schedule": "simultaneous", "roi_size": [384, 384, 192]},
         "official": {"global_batch_size": 128, "learning_rate": 2e-4, "max_steps": 4000, "warmup_steps": 200,
                      "weight_decay": 0.05, "betas": [0.9, 0.95], "min_learning_rate": 0.0, "grad_clip_norm": None,
-                     "num_samples": 1, "contrast_loss": "byol", "roi_size": [192, 192, 192]},
+                     "num_samples": 1, "mask_ratio": [0.5, 0.6, 0.5], "children_per_parent": 4,
+                     "contrast_loss": "byol", "level_schedule": "simultaneous", "roi_size": [192, 192, 192]},
     },
     # SparK-3D, HySparK's baseline (no SparK-3D paper, no official 3D SparK code). HySparK, Sec. 3.2: "AdamW
     # optimizer, an initial learning rate of 1e-4, and a cosine-annealing learning rate scheduler [...] a batch-size of

@@ -41,7 +41,17 @@ def optimizer_steps_per_epoch(engine: Engine) -> int:
 
 
 def optimizer_step_index(engine: Engine) -> int:
-    """The 0-based index of the optimizer step that the current iteration's window ends with: the steps made so far
-    (``engine.state.optimizer_steps`` of a :class:`common.engine.SelfSupervisedTrainer`; for a trainer that steps at
-    every iteration, such as MONAI's ``SupervisedTrainer``, the iterations before this one)."""
-    return getattr(engine.state, "optimizer_steps", engine.state.iteration - 1)
+    """The 0-based index of the optimizer step that the current iteration's window ends with.
+
+    A :class:`common.engine.SelfSupervisedTrainer` counts its steps (``engine.state.optimizer_steps``); for MONAI's
+    ``SupervisedTrainer`` the index follows from the iteration and its ``accumulation_steps``: the steps of the
+    finished epochs, then the windows of this epoch before this one.
+    """
+    if hasattr(engine.state, "optimizer_steps"):
+        return engine.state.optimizer_steps
+    accumulation_steps = getattr(engine, "accumulation_steps", 1)
+    iteration, epoch_length = engine.state.iteration - 1, engine.state.epoch_length
+    if epoch_length is None:
+        return iteration // accumulation_steps
+    epochs, in_epoch = divmod(iteration, epoch_length)
+    return epochs * optimizer_steps_per_epoch(engine) + in_epoch // accumulation_steps

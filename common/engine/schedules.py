@@ -122,7 +122,14 @@ class CosineSchedule:
         self.param_group_indices = list(indices)
 
     def attach(self, engine: Engine) -> None:
-        """Set the value at every ``ITERATION_STARTED`` of ``engine``.
+        """Count the warm-up and the run in optimizer steps when ``engine`` starts (a trainer's accumulation is known
+        only after its handlers are attached: MONAI's ``SupervisedTrainer`` sets it last), then set the value at every
+        ``ITERATION_STARTED``."""
+        engine.add_event_handler(Events.STARTED, self.count_steps)
+        engine.add_event_handler(Events.ITERATION_STARTED, self)
+
+    def count_steps(self, engine: Engine) -> None:
+        """``warmup_steps`` from ``warmup_epochs``, and ``total_steps`` when not given.
 
         Raises:
             ValueError: the length of the run or of the warm-up needs the engine's epoch length, which is unknown.
@@ -131,7 +138,6 @@ class CosineSchedule:
             self.warmup_steps = round(self.warmup_epochs * optimizer_steps_per_epoch(engine))
         if self.total_steps is None:
             self.total_steps = engine.state.max_epochs * optimizer_steps_per_epoch(engine)
-        engine.add_event_handler(Events.ITERATION_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
         value = warmup_cosine(

@@ -1,18 +1,19 @@
-"""3D CT segmentation pipelines: the Swin UNETR BTCV fine-tuning recipe, built from MONAI transforms.
+"""3D CT segmentation pipelines: the Swin UNETR / UNETR BTCV fine-tuning pipeline, built from MONAI transforms.
 
-Recipe (Tang et al., "Self-Supervised Pre-Training of Swin Transformers for 3D Medical Image
-Analysis", CVPR 2022, BTCV fine-tuning; MONAI tutorial ``swin_unetr_btcv_segmentation_3d``):
-orientation RAS, resampling to ``pixdim`` (the collection uses 1.5 mm isotropic), HU
--175..250 -> [0, 1], crop to the body, ``num_samples`` random 96^3 crops per volume balanced between
-foreground and background voxels, random flips along each axis (p 0.1), random 90 degree rotations
-(p 0.1), random intensity scaling (0.1, p 0.1) and shifting (0.1, p 0.5).
+The official BTCV code of Swin UNETR and UNETR (Project-MONAI/research-contributions, ``SwinUNETR/BTCV`` and
+``UNETR/BTCV``, ``utils/data_utils.py``): orientation RAS, resampling to ``pixdim`` (the collection uses 1.5 mm
+isotropic), HU -175..250 -> [0, 1], crop to the body, ``num_samples`` random 96^3 crops per volume balanced between
+foreground and background voxels, random flips along each axis, random 90 degree rotations, random intensity scaling
+(factor 0.1) and shifting (offset 0.1), each with the probability of ``augmentation_probs``:
+:data:`OFFICIAL_AUGMENTATION_PROBS` (``main.py``'s defaults) or :data:`TUTORIAL_AUGMENTATION_PROBS` (MONAI's
+``swin_unetr_btcv_segmentation`` tutorial and model-zoo bundle).
 
 Every pipeline returns ``(C, H, W, D)`` MetaTensors with ``C = 1`` for images and labels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from monai.transforms import (
     AsDiscreted,
@@ -32,6 +33,12 @@ from common.transforms.ct import load_ct
 
 IMAGE_LABEL = ("image", "label")
 
+# research-contributions SwinUNETR/BTCV/main.py (and UNETR/BTCV/main.py): --RandFlipd_prob 0.2,
+# --RandRotate90d_prob 0.2, --RandScaleIntensityd_prob 0.1, --RandShiftIntensityd_prob 0.1.
+OFFICIAL_AUGMENTATION_PROBS = {"flip": 0.2, "rotate90": 0.2, "scale_intensity": 0.1, "shift_intensity": 0.1}
+# MONAI's model zoo swin_unetr_btcv_segmentation configs/train.json, as the tutorial.
+TUTORIAL_AUGMENTATION_PROBS = {"flip": 0.1, "rotate90": 0.1, "scale_intensity": 0.1, "shift_intensity": 0.5}
+
 
 def segmentation_train_transforms(
     roi_size: Sequence[int] = (96, 96, 96),
@@ -39,6 +46,7 @@ def segmentation_train_transforms(
     num_samples: int = 4,
     window: str = "abdomen",
     num_classes: int | None = None,
+    augmentation_probs: Mapping[str, float] = OFFICIAL_AUGMENTATION_PROBS,
 ) -> Compose:
     """Training pipeline: deterministic part (cached by ``CacheDataset``), then random crops and augmentation.
 
@@ -49,8 +57,11 @@ def segmentation_train_transforms(
         window: CT window preset, a key of :data:`common.transforms.CT_WINDOWS`.
         num_classes: entries of the task's label table (background included): labels holding other values
             raise :class:`~common.data.errors.BadInputError` when read. ``None``: labels are not checked.
+        augmentation_probs: probability of each augmentation, keys ``flip`` (each axis on its own), ``rotate90``,
+            ``scale_intensity``, ``shift_intensity``.
     """
     keys = list(IMAGE_LABEL)
+    probs = augmentation_probs
     return Compose(
         load_ct(keys, pixdim, window, num_classes)
         + [
@@ -66,12 +77,12 @@ def segmentation_train_transforms(
                 image_key="image",
                 image_threshold=0,
             ),
-            RandFlipd(keys=keys, prob=0.1, spatial_axis=0),
-            RandFlipd(keys=keys, prob=0.1, spatial_axis=1),
-            RandFlipd(keys=keys, prob=0.1, spatial_axis=2),
-            RandRotate90d(keys=keys, prob=0.1, max_k=3),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.1),
-            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+            RandFlipd(keys=keys, prob=probs["flip"], spatial_axis=0),
+            RandFlipd(keys=keys, prob=probs["flip"], spatial_axis=1),
+            RandFlipd(keys=keys, prob=probs["flip"], spatial_axis=2),
+            RandRotate90d(keys=keys, prob=probs["rotate90"], max_k=3),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=probs["scale_intensity"]),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=probs["shift_intensity"]),
         ]
     )
 
