@@ -15,7 +15,7 @@ Written by the training snapshots (:class:`common.engine.ReconstructionSnapshots
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +90,12 @@ def _column_header(names: list[str], column_width: int) -> np.ndarray:
     return np.asarray(header)
 
 
-def orthogonal_slices_png(images: Mapping[str, torch.Tensor], path: str | Path, upscale: int = 2) -> Path:
+def orthogonal_slices_png(
+    images: Mapping[str, torch.Tensor],
+    path: str | Path,
+    upscale: int = 2,
+    intensity: Sequence[float] | None = None,
+) -> Path:
     """Write the images of one sample side by side as a grey-scale PNG.
 
     Args:
@@ -99,6 +104,8 @@ def orthogonal_slices_png(images: Mapping[str, torch.Tensor], path: str | Path, 
             centred in tiles of the largest size.
         path: the PNG to write; its folder is created.
         upscale: integer nearest-neighbour magnification, so that small crops are visible.
+        intensity: ``(mean, std)`` the images were normalised with, ``(x - mean) / std``: shown as ``x`` (values
+            ``* std + mean``); None: shown as they are.
 
     Returns:
         ``path``. Its pixel size is (HEADER_HEIGHT + views x tile height x upscale, images x tile width x upscale),
@@ -107,7 +114,8 @@ def orthogonal_slices_png(images: Mapping[str, torch.Tensor], path: str | Path, 
     Raises:
         ValueError: no images, or not all of them (C, H, W) or all (C, x, y, z).
     """
-    arrays = [np.asarray(torch.as_tensor(image).detach().float().cpu())[0] for image in images.values()]
+    mean, std = (0.0, 1.0) if intensity is None else (float(value) for value in intensity)
+    arrays = [np.asarray(torch.as_tensor(image).detach().float().cpu())[0] * std + mean for image in images.values()]
     if not arrays or {array.ndim for array in arrays} not in ({2}, {3}):
         shapes = {name: tuple(image.shape) for name, image in images.items()}
         raise ValueError(f"expected images of one sample, all (C, H, W) or all (C, x, y, z); got {shapes}")

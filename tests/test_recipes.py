@@ -100,9 +100,11 @@ EXPECTED = {
     "spark2d_pretrain": {
         "paper": {"global_batch_size": 32, "learning_rate": 2.5e-5, "max_epochs": 900, "warmup_epochs": 40,
                   "mask_ratio": 0.6, "image_size": 224, "crop_scale": [0.67, 1.0], "weight_decay": 0.04,
-                  "final_weight_decay": 0.2, "grad_clip_norm": 5.0, "min_learning_rate": 2.5e-8},
+                  "final_weight_decay": 0.2, "grad_clip_norm": 5.0, "min_learning_rate": 2.5e-8,
+                  "augmentations": ["crop", "flip"], "normalisation": "dataset"},
         "official": {"global_batch_size": 32, "learning_rate": 2.5e-5, "max_epochs": 1600, "warmup_epochs": 40,
-                     "mask_ratio": 0.6, "image_size": 224, "crop_scale": [0.67, 1.0]},
+                     "mask_ratio": 0.6, "image_size": 224, "crop_scale": [0.67, 1.0],
+                     "augmentations": ["crop", "flip"], "normalisation": "imagenet"},
     },
     # Wolf et al., Supplementary Table 4 ("Hyperparameter MoCo"): "Number of Crops 2", "Size of Crops 224 x 224",
     # "Optimizer SGD", "Batch Size 64", "Learning Rate 1e-4", "Momentum 0.9"; "All pre-trainings ran for 900 epochs".
@@ -113,9 +115,12 @@ EXPECTED = {
     "moco2d_pretrain": {
         "paper": {"global_batch_size": 64, "learning_rate": 1e-4, "max_epochs": 900, "sgd_momentum": 0.9,
                   "weight_decay": 1e-4, "temperature": 0.07, "queue_size": 65536, "base_momentum": 0.999,
-                  "image_size": 224, "crop_scale": [0.2, 1.0]},
+                  "image_size": 224, "crop_scale": [0.2, 1.0], "augmentations": ["crop", "flip", "blur"],
+                  "normalisation": "dataset"},
         "official": {"global_batch_size": 64, "learning_rate": 0.015, "max_epochs": 900, "sgd_momentum": 0.9,
-                     "weight_decay": 1e-4, "temperature": 0.07, "queue_size": 65536},
+                     "weight_decay": 1e-4, "temperature": 0.07, "queue_size": 65536,
+                     "augmentations": ["rotate", "crop", "jitter", "blur", "flip", "vertical_flip", "noise"],
+                     "normalisation": "dataset"},
     },
     # Wolf et al., Methods, "Self-Supervised Pre-Training": "Each of the four pre-trainings runs 900 epochs";
     # Supplementary Table 6 (BYOL): "Number of Crops 2", "Size of Crops 224 x 224", "Optimizer LARS", "Batch Size 64",
@@ -127,10 +132,13 @@ EXPECTED = {
     "byol2d_pretrain": {
         "paper": {"global_batch_size": 64, "learning_rate": 1e-3, "max_epochs": 900, "warmup_epochs": 10,
                   "min_learning_rate": 0.0, "optimizer_name": "LARS", "weight_decay": 1.5e-6, "image_size": 224,
-                  "crop_scale": [0.2, 1.0], "base_momentum": 0.996, "final_momentum": 1.0},
+                  "crop_scale": [0.2, 1.0], "base_momentum": 0.996, "final_momentum": 1.0,
+                  "augmentations": ["crop", "flip", "blur"], "normalisation": "dataset"},
         "official": {"global_batch_size": 64, "learning_rate": 1e-3, "max_epochs": 100, "warmup_epochs": 10,
                      "min_learning_rate": 0.0, "optimizer_name": "Adam", "weight_decay": 1.5e-6, "image_size": 224,
-                     "crop_scale": [0.2, 1.0], "base_momentum": 0.996, "final_momentum": 1.0},
+                     "crop_scale": [0.2, 1.0], "base_momentum": 0.996, "final_momentum": 1.0,
+                     "augmentations": ["rotate", "crop", "jitter", "blur", "flip", "vertical_flip", "noise"],
+                     "normalisation": "dataset"},
     },
     # Wolf et al., Methods: 900 epochs; Supplementary Table 5 (SwAV): "Number of Crops 2; 6", "Size of Crops 224 x 224 ;
     # 96 x 96", "Min Scale Crops 0.90; 0.10", "Max Scale Crops 1.0; 0.33", "Optimizer Lars", "Batch Size 128", "Learning
@@ -144,37 +152,41 @@ EXPECTED = {
                   "warmup_start_learning_rate": 0.0, "min_learning_rate": 0.0, "weight_decay": 1e-6,
                   "global_views": 2, "global_size": 224, "global_scale": [0.9, 1.0], "local_views": 6,
                   "local_size": 96, "local_scale": [0.1, 0.33], "sinkhorn_iterations": 3, "num_prototypes": 500,
-                  "freeze_prototypes_iterations": 313, "temperature": 0.1, "epsilon": 0.05},
+                  "freeze_prototypes_iterations": 313, "temperature": 0.1, "epsilon": 0.05,
+                  "augmentations": ["blur", "crop"], "normalisation": "dataset"},
         "official": {"global_batch_size": 128, "learning_rate": 4.8, "max_epochs": 800, "warmup_epochs": 10,
                      "warmup_start_learning_rate": 0.0, "min_learning_rate": 0.0, "weight_decay": 1e-6,
                      "global_scale": [0.9, 1.0], "local_scale": [0.1, 0.33], "sinkhorn_iterations": 3,
-                     "num_prototypes": 500, "temperature": 0.1, "epsilon": 0.05},
+                     "num_prototypes": 500, "temperature": 0.1, "epsilon": 0.05,
+                     "augmentations": ["crop", "jitter", "blur"], "normalisation": "dataset"},
     },
 }
 
 
-def resolved(bundle: str, **settings) -> ConfigParser:
+def resolved(bundle: str, output_dir, **settings) -> ConfigParser:
+    """``train.json`` of ``bundle`` with ``settings``; its outputs (a 2D bundle caches its data set's intensity
+    statistics there when ``hyper_parameters`` resolves) go to ``output_dir``."""
     parser = ConfigParser()
     parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / "train.json"))
-    parser.update(settings)
+    parser.update({"output_dir": str(output_dir), **settings})
     return parser
 
 
 @pytest.mark.parametrize("bundle, recipe", [(bundle, recipe) for bundle in EXPECTED for recipe in EXPECTED[bundle]])
-def test_the_recipe_resolves_to_its_sources_values(bundle, recipe, monkeypatch):
+def test_the_recipe_resolves_to_its_sources_values(bundle, recipe, monkeypatch, tmp_path):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     settings = {"cpu_demo_scale": False} if recipe == "paper" else {"cpu_demo_scale": False, "recipe": recipe}
-    parser = resolved(bundle, **settings)
+    parser = resolved(bundle, tmp_path, **settings)
     assert parser.get_parsed_content("hyper_parameters")["recipe"] == recipe  # logged to MLflow
     for key, value in EXPECTED[bundle][recipe].items():
         assert parser.get_parsed_content(key) == pytest.approx(value), key
 
 
 @pytest.mark.parametrize("bundle", sorted(EXPECTED))
-def test_the_cpu_demo_is_the_default_without_cuda_and_an_unknown_recipe_is_an_error(bundle):
-    assert resolved(bundle, cpu_demo_scale=True).get_parsed_content("recipe") == "cpu_demo"
+def test_the_cpu_demo_is_the_default_without_cuda_and_an_unknown_recipe_is_an_error(bundle, tmp_path):
+    assert resolved(bundle, tmp_path, cpu_demo_scale=True).get_parsed_content("recipe") == "cpu_demo"
     with pytest.raises(RuntimeError) as raised:
-        resolved(bundle, recipe="papr").get_parsed_content("learning_rate")
+        resolved(bundle, tmp_path, recipe="papr").get_parsed_content("learning_rate")
     assert "unknown recipe 'papr'" in str(raised.value.__cause__) and "'paper'" in str(raised.value.__cause__)
 
 

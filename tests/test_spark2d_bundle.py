@@ -60,4 +60,6 @@ def test_inference_exports_one_png_per_slice(trained, tmp_path):
     assert image.text["columns"] == ", ".join(EXPORTS)
     assert image.size == (3 * 256, HEADER_HEIGHT + 256)  # demo slices: 256 x 256, under the column names
     input_tile, masked_tile, _ = np.split(np.asarray(image)[HEADER_HEIGHT:], 3, axis=1)
-    assert (masked_tile == 0).mean() > (input_tile == 0).mean()  # 60 % of the patches hidden
+    # 60 % of the patches hidden: zero in the normalised input, shown as the data set's mean grey (as SparK's own
+    # visualisation shows them after undoing the normalisation)
+    assert (masked_tile != input_tile).mean() > 0.4

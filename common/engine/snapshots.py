@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,7 @@ class ReconstructionSnapshots:
         interval: iterations between snapshots.
         upscale: integer magnification of the PNG.
         mlflow_handler: a ``monai.handlers.MLFlowHandler`` attached to the same trainer, or ``None``.
+        intensity: the ``(mean, std)`` the images were normalised with, undone for the PNG; None: not normalised.
     """
 
     def __init__(
@@ -46,11 +47,13 @@ class ReconstructionSnapshots:
         interval: int = 100,
         upscale: int = 2,
         mlflow_handler: MLFlowHandler | None = None,
+        intensity: Sequence[float] | None = None,
     ) -> None:
         self.folder = Path(output_dir) / "reconstructions"
         self.interval = interval
         self.upscale = upscale
         self.mlflow_handler = mlflow_handler
+        self.intensity = intensity
         self.paths: list[Path] = []
         self._run_id: str | None = None
         self._written_iteration: int | None = None
@@ -86,7 +89,9 @@ class ReconstructionSnapshots:
             return
         if iteration == self._written_iteration:
             return
-        path = orthogonal_slices_png(images, self.folder / f"iteration_{iteration:06d}.png", self.upscale)
+        path = orthogonal_slices_png(
+            images, self.folder / f"iteration_{iteration:06d}.png", self.upscale, intensity=self.intensity
+        )
         self.paths.append(path)
         self._written_iteration = iteration
         if self._run_id is not None:

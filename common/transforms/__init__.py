@@ -19,15 +19,20 @@ from common.transforms.slice_pretraining import (
     slice_pretraining_transforms,
 )
 from common.transforms.slice_classification import (
-    intensity_statistics,
     slice_classification_preprocessing,
     slice_classification_train_transforms,
 )
-from common.transforms.slices import load_slice_transforms
+from common.transforms.slices import (
+    intensity_normalisation,
+    intensity_statistics,
+    load_slice_transforms,
+    normalisation_statistics,
+)
 from common.transforms.views import RandGlobalLocalViewsd, global_local_train_transforms
 from common.transforms.views2d import (
     MultiViewd,
     RandResizedCropd,
+    augmented_view,
     contrastive_augmentations,
     grey_jitter,
     multi_crop_train_transforms,
@@ -50,6 +55,7 @@ __all__ = [
     "RandGlobalLocalViewsd",
     "RandResizedCropd",
     "SaveReconstructionPngd",
+    "augmented_view",
     "checked_loader",
     "classification_postprocessing",
     "classification_preprocessing",
@@ -59,10 +65,12 @@ __all__ = [
     "ct_window",
     "global_local_train_transforms",
     "grey_jitter",
+    "intensity_normalisation",
     "intensity_statistics",
     "load_ct",
     "load_slice_transforms",
     "multi_crop_train_transforms",
+    "normalisation_statistics",
     "prepare_ct",
     "prepare_slices",
     "pretraining_inference_transforms",

@@ -3,7 +3,8 @@
 A slice file -> ``(1, image_size, image_size)``: loaded as grey values in ``[0, 1]``
 (:func:`common.transforms.slices.load_slice_transforms`), resized to the network's input (224 x 224 in the
 paper; bilinear, anti-aliased when shrinking; the aspect ratio is not kept, as ``Resize`` in the official code),
-then normalised with the training set's mean and standard deviation (:func:`intensity_statistics`).
+then normalised with the training set's mean and standard deviation
+(:func:`common.transforms.slices.intensity_statistics`).
 Training adds random flips, left-right and up-down, each with probability 0.5.
 
 Labels are class indices, passed through untouched.
@@ -11,13 +12,8 @@ Labels are class indices, passed through untouched.
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Sequence
-
 from monai.transforms import Compose, NormalizeIntensityd, RandFlipd, Resized
 
-from common.data.errors import DatalistError
 from common.transforms.slices import load_slice_transforms
 
 
@@ -56,31 +52,3 @@ def slice_classification_train_transforms(image_size: int = 224, mean: float = 0
             RandFlipd(keys="image", prob=0.5, spatial_axis=0),
         ]
     )
-
-
-def intensity_statistics(items: Sequence[dict], key: str = "image") -> tuple[float, float]:
-    """Mean and standard deviation of every pixel of the images of ``items``, as loaded for training (``[0, 1]``).
-
-    The values of the dataset normalisation (``NormalizeIntensityd(subtrahend=mean, divisor=std)``). Each pixel
-    counts once, at the image's own size. The result is cached in memory per list of files (path, size and
-    modification time), so the many runs of a dataset-reduction study in one process read the images once;
-    pass the whole training split (the statistics need no labels), not a reduced subset, to share it.
-
-    Raises:
-        DatalistError: ``items`` is empty.
-    """
-    if not items:
-        raise DatalistError("intensity_statistics needs at least one image")
-    files = tuple((str(entry[key]), os.path.getsize(entry[key]), os.path.getmtime(entry[key])) for entry in items)
-    return _cached_statistics(files)
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_statistics(files: tuple[tuple[str, int, float], ...]) -> tuple[float, float]:
-    load = Compose(load_slice_transforms(["image"]))
-    count, total, squares = 0, 0.0, 0.0
-    for path, _, _ in files:
-        pixels = load({"image": path})["image"].double()
-        count, total, squares = count + pixels.numel(), total + float(pixels.sum()), squares + float((pixels**2).sum())
-    mean = total / count
-    return mean, max(squares / count - mean**2, 0.0) ** 0.5

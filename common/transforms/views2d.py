@@ -3,9 +3,12 @@
 A slice is a ``(1, H, W)`` float tensor in [0, 1] (:func:`common.transforms.slices.load_slice_transforms`).
 :class:`RandResizedCropd` is torchvision's ``RandomResizedCrop`` as a MONAI dictionary transform,
 :class:`MultiViewd` draws several independently augmented views of one slice and stacks them, and
-:func:`contrastive_augmentations` / :func:`swav_augmentations` are the per-view pipelines of the study's
-official code (``Wolfda95/SSL-MedicalImagining-CL-MAE``, PyTorch Lightning Bolts), rebuilt from MONAI
-transforms. The slices are grey, so the colour jitter reduces to brightness and contrast: saturation and hue
+:func:`augmented_view` builds one view from named augmentations (``augmentations: ["crop", "flip", "blur"]``, the
+setting a bundle's recipe chooses) out of MONAI transforms, normalised last with the data set's mean and std.
+:func:`contrastive_augmentations` / :func:`swav_augmentations` default to the per-view pipelines of the study's
+official code (``Wolfda95/SSL-MedicalImagining-CL-MAE``, PyTorch Lightning Bolts); the paper lists fewer (Wolf et
+al., Supplementary Tables 4-6: "crop, horizontal flip, gaussian blur" for MoCo v2 and BYOL, "gaussian blur, crop"
+for SwAV). The slices are grey, so the colour jitter reduces to brightness and contrast: saturation and hue
 change nothing on a grey image.
 """
 
@@ -35,11 +38,17 @@ from monai.transforms import (
 )
 
 from common.tensors import as_plain_tensor
-from common.transforms.slices import load_slice_transforms
+from common.transforms.slices import intensity_normalisation, load_slice_transforms
 
 VIEWS = "views"
 GLOBAL_VIEWS = "global_views"
 LOCAL_VIEWS = "local_views"
+# The augmentations :func:`augmented_view` builds a view from, in the order it applies them.
+AUGMENTATIONS = ("rotate", "crop", "jitter", "blur", "flip", "vertical_flip", "noise")
+# Those of the study's official code: MoCo v2 and BYOL (moco_data_module.py, logo_data_module.py), SwAV
+# (multicropdataset.py).
+CONTRASTIVE_AUGMENTATIONS = AUGMENTATIONS
+SWAV_AUGMENTATIONS = ("crop", "jitter", "blur")
 
 
 class RandResizedCropd(Randomizable, MapTransform):
@@ -196,86 +205,130 @@ def grey_jitter(keys: KeysCollection, brightness: float = 0.4, contrast: float =
     )
 
 
-def contrastive_augmentations(
-    size: int = 224,
-    scale: Sequence[float] = (0.2, 1.0),
+def augmented_view(
+    size: int | Sequence[int],
+    scale: Sequence[float],
     keys: KeysCollection = "image",
+    augmentations: Sequence[str] = AUGMENTATIONS,
+    intensity: Sequence[float] | None = None,
+    crop_mode: str = "bilinear",
     rotation_prob: float = 0.5,
     jitter: float = 0.4,
+    jitter_prob: float = 1.0,
     blur_prob: float = 0.5,
     blur_sigma: Sequence[float] = (0.1, 2.0),
     noise_prob: float = 0.5,
     noise_std: float = 0.01,
 ) -> Compose:
-    """One view of MoCo v2 and BYOL in the study's official code (the same pipeline for both methods).
+    """One augmented view of a ``(1, H, W)`` slice in [0, 1]: the named ``augmentations``, then the normalisation.
 
-    In order: rotation by up to +-180 degrees (``p = 0.5``, zero fill), :class:`RandResizedCropd` to ``size`` with
-    area ``scale`` (0.2-1, MoCo v2's), brightness and contrast jitter 0.4 (:func:`grey_jitter`, always applied
-    as in the official code), Gaussian blur with ``sigma ~ U(blur_sigma)`` (``p = 0.5``), horizontal and vertical
-    flips (``p = 0.5`` each), additive Gaussian noise (``p = 0.5``) and a clamp to [0, 1].
+    The augmentations, applied in this order whatever the order of ``augmentations`` (the official MoCo v2 / BYOL
+    pipeline's, ``moco_data_module.py``):
 
-    Differences from the official code, all small: MONAI's blur draws the two axes' sigmas independently
-    (PIL's is isotropic), the noise's standard deviation is ``U(0, noise_std)`` (official: variance log-uniform
-    in [1e-5, 1e-4], i.e. std 0.003-0.01), rotation interpolates bilinearly (torchvision: nearest), and there
-    is no normalisation by the data set's mean and std (0.1806 / 0.1907 in the official code): every bundle of
-    the 2D study feeds [0, 1] slices to the network, pre-training and fine-tuning alike.
+    - ``rotate``: rotation by up to +-180 degrees with probability ``rotation_prob`` (zero fill; bilinear, torchvision
+      nearest);
+    - ``crop`` (always): :class:`RandResizedCropd` of area ``scale`` to ``size``, interpolating with ``crop_mode``;
+    - ``jitter``: brightness and contrast jitter ``jitter`` (:func:`grey_jitter`) with probability ``jitter_prob``;
+    - ``blur``: Gaussian blur with ``sigma ~ U(blur_sigma)`` with probability ``blur_prob`` (SimCLR's, which MoCo v2,
+      BYOL and SwAV's code keep: PIL's radius, the Gaussian's standard deviation, 0.1 .. 2; MONAI draws the two
+      axes' sigmas independently, PIL one for both);
+    - ``flip`` / ``vertical_flip``: left-right / up-down flip with probability 0.5;
+    - ``noise``: additive Gaussian noise of standard deviation ``U(0, noise_std)`` with probability ``noise_prob``
+      (official: variance log-uniform in [1e-5, 1e-4], std 0.003 .. 0.01), clamped to [0, 1] as the official code.
+
+    The slices are grey, so torchvision's colour jitter reduces to brightness and contrast and its random greyscale
+    to nothing. Then ``(x - mean) / std`` for ``intensity = (mean, std)``
+    (:func:`common.transforms.slices.intensity_normalisation`, the official code's last step, ``transforms.Normalize``).
 
     Args:
-        size: output side of the view (224).
+        size: output side of the view.
         scale: area range of the crop.
         keys: the image key.
-        rotation_prob, jitter, blur_prob, blur_sigma, noise_prob, noise_std: as described above.
+        augmentations: names of :data:`AUGMENTATIONS`, ``crop`` among them.
+        intensity: ``(mean, std)`` to normalise with; None: the view stays in [0, 1].
+        crop_mode, rotation_prob, jitter, jitter_prob, blur_prob, blur_sigma, noise_prob, noise_std: as above.
+
+    Raises:
+        ValueError: an unknown augmentation, or no ``crop``.
     """
+    unknown = sorted(set(augmentations) - set(AUGMENTATIONS))
+    if unknown:
+        raise ValueError(f"unknown augmentations {unknown}; choose from {AUGMENTATIONS}")
+    if "crop" not in augmentations:
+        raise ValueError(f"every view is a random resized crop to its size: add 'crop' to {list(augmentations)}")
+
+    def jittered() -> RandomOrder | OneOf:
+        always = grey_jitter(keys, jitter, jitter)
+        return always if jitter_prob >= 1 else OneOf([always, Identityd(keys)], weights=[jitter_prob, 1 - jitter_prob])
+
+    steps = {
+        "rotate": lambda: RandRotated(keys, range_x=math.pi, prob=rotation_prob, padding_mode="zeros"),
+        "crop": lambda: RandResizedCropd(keys, size, scale, mode=crop_mode),
+        "jitter": jittered,
+        "blur": lambda: RandGaussianSmoothd(keys, sigma_x=tuple(blur_sigma), sigma_y=tuple(blur_sigma), prob=blur_prob),
+        "flip": lambda: RandFlipd(keys, prob=0.5, spatial_axis=1),
+        "vertical_flip": lambda: RandFlipd(keys, prob=0.5, spatial_axis=0),
+        "noise": lambda: Compose([RandGaussianNoised(keys, prob=noise_prob, std=noise_std), _clip_unit(keys)]),
+    }
     return Compose(
-        [
-            RandRotated(keys, range_x=math.pi, prob=rotation_prob, padding_mode="zeros"),
-            RandResizedCropd(keys, size, scale),
-            grey_jitter(keys, jitter, jitter),
-            RandGaussianSmoothd(keys, sigma_x=tuple(blur_sigma), sigma_y=tuple(blur_sigma), prob=blur_prob),
-            RandFlipd(keys, prob=0.5, spatial_axis=1),
-            RandFlipd(keys, prob=0.5, spatial_axis=0),
-            RandGaussianNoised(keys, prob=noise_prob, std=noise_std),
-            _clip_unit(keys),
-        ]
+        [steps[name]() for name in AUGMENTATIONS if name in augmentations] + intensity_normalisation(keys, intensity)
     )
+
+
+def contrastive_augmentations(
+    size: int = 224,
+    scale: Sequence[float] = (0.2, 1.0),
+    keys: KeysCollection = "image",
+    augmentations: Sequence[str] = CONTRASTIVE_AUGMENTATIONS,
+    intensity: Sequence[float] | None = None,
+    **options,
+) -> Compose:
+    """One view of MoCo v2 and BYOL (:func:`augmented_view`); by default the study's official pipeline, the same for
+    both methods (``moco_data_module.py``, ``logo_data_module.py``): rotation, crop of area 0.2 .. 1 (MoCo v2's),
+    jitter 0.4 always, blur, both flips, noise.
+
+    Args:
+        size, scale, keys, augmentations, intensity: as :func:`augmented_view`.
+        options: the other settings of :func:`augmented_view` (probabilities, blur sigma ...).
+    """
+    return augmented_view(size, scale, keys, augmentations, intensity, **options)
 
 
 def swav_augmentations(
     size: int = 224,
     scale: Sequence[float] = (0.14, 1.0),
     keys: KeysCollection = "image",
+    augmentations: Sequence[str] = SWAV_AUGMENTATIONS,
+    intensity: Sequence[float] | None = None,
     jitter_prob: float = 0.8,
-    blur_prob: float = 0.5,
-    blur_sigma: Sequence[float] = (0.1, 2.0),
+    **options,
 ) -> Compose:
-    """One SwAV crop in the study's official code (SwAV's ``MultiCropDataset``, Caron et al. 2020).
-
-    :class:`RandResizedCropd` to ``size`` with area ``scale``, brightness / contrast jitter 0.4 with probability
-    ``jitter_prob`` (SwAV's colour distortion; its random greyscale does nothing on grey slices), Gaussian blur
-    with ``sigma ~ U(blur_sigma)`` (``p = 0.5``). No flips: the study's code has them commented out.
+    """One SwAV crop (:func:`augmented_view`); by default the study's official pipeline (SwAV's ``MultiCropDataset``,
+    Caron et al. 2020, ``multicropdataset.py``): crop, brightness / contrast jitter 0.4 with probability 0.8 (SwAV's
+    colour distortion; its random greyscale does nothing on grey slices), blur (p 0.5). No flips: the study's code has
+    them commented out.
 
     Args:
         size: output side of the crop (global 224, local 96).
-        scale: area range (global (0.14, 1), local (0.05, 0.14)).
-        keys: the image key.
-        jitter_prob, blur_prob, blur_sigma: as described above.
+        scale: area range (SwAV's global (0.14, 1), local (0.05, 0.14)).
+        keys, augmentations, intensity: as :func:`augmented_view`.
+        jitter_prob: probability of the jitter.
+        options: the other settings of :func:`augmented_view`.
     """
-    return Compose(
-        [
-            RandResizedCropd(keys, size, scale),
-            OneOf([grey_jitter(keys), Identityd(keys)], weights=[jitter_prob, 1 - jitter_prob]),
-            RandGaussianSmoothd(keys, sigma_x=tuple(blur_sigma), sigma_y=tuple(blur_sigma), prob=blur_prob),
-        ]
-    )
+    return augmented_view(size, scale, keys, augmentations, intensity, jitter_prob=jitter_prob, **options)
 
 
-def two_view_train_transforms(size: int = 224, scale: Sequence[float] = (0.2, 1.0)) -> Compose:
+def two_view_train_transforms(
+    size: int = 224,
+    scale: Sequence[float] = (0.2, 1.0),
+    augmentations: Sequence[str] = CONTRASTIVE_AUGMENTATIONS,
+    intensity: Sequence[float] | None = None,
+) -> Compose:
     """MoCo v2 / BYOL pre-training pipeline: load a slice (``"image"``, [0, 1]) and replace it by ``"views"``
-    ``(2, 1, size, size)``, two draws of :func:`contrastive_augmentations`."""
-    return Compose(
-        load_slice_transforms(["image"])
-        + [MultiViewd("image", {VIEWS: (2, contrastive_augmentations(size, scale))})]
-    )
+    ``(2, 1, size, size)``, two draws of :func:`contrastive_augmentations` with ``augmentations``, each normalised
+    with ``intensity`` ``(mean, std)`` (None: not normalised)."""
+    view = contrastive_augmentations(size, scale, augmentations=augmentations, intensity=intensity)
+    return Compose(load_slice_transforms(["image"]) + [MultiViewd("image", {VIEWS: (2, view)})])
 
 
 def multi_crop_train_transforms(
@@ -285,19 +338,14 @@ def multi_crop_train_transforms(
     local_views: int = 6,
     local_size: int = 96,
     local_scale: Sequence[float] = (0.05, 0.14),
+    augmentations: Sequence[str] = SWAV_AUGMENTATIONS,
+    intensity: Sequence[float] | None = None,
 ) -> Compose:
     """SwAV's multi-crop pre-training pipeline: load a slice and replace it by ``"global_views"``
     ``(global_views, 1, global_size, global_size)`` and ``"local_views"`` ``(local_views, 1, local_size, local_size)``,
-    draws of :func:`swav_augmentations` (SwAV's defaults: 2 x 224 at (0.14, 1) and 6 x 96 at (0.05, 0.14))."""
-    return Compose(
-        load_slice_transforms(["image"])
-        + [
-            MultiViewd(
-                "image",
-                {
-                    GLOBAL_VIEWS: (global_views, swav_augmentations(global_size, global_scale)),
-                    LOCAL_VIEWS: (local_views, swav_augmentations(local_size, local_scale)),
-                },
-            )
-        ]
-    )
+    draws of :func:`swav_augmentations` with ``augmentations``, each normalised with ``intensity`` ``(mean, std)``
+    (SwAV's defaults: 2 x 224 at (0.14, 1) and 6 x 96 at (0.05, 0.14))."""
+    global_view = swav_augmentations(global_size, global_scale, augmentations=augmentations, intensity=intensity)
+    local_view = swav_augmentations(local_size, local_scale, augmentations=augmentations, intensity=intensity)
+    views = {GLOBAL_VIEWS: (global_views, global_view), LOCAL_VIEWS: (local_views, local_view)}
+    return Compose(load_slice_transforms(["image"]) + [MultiViewd("image", views)])
