@@ -1,7 +1,9 @@
 """Pre-trained weights -> downstream networks.
 
 :func:`load_pretrained` reads a checkpoint, finds its state dict, matches tensors to the network by
-name and shape, loads what matches and reports the rest. Later sources (self-supervised encoders,
+name and shape, loads what matches and reports the rest. An encoder pre-trained on 1-channel CT fine-tunes on a
+C-channel task (BraTS' 4 MRI modalities): its first convolution's kernel is repeated over the C input channels and
+divided by C (:func:`expand_input_channels`). Later sources (self-supervised encoders,
 the papers' official checkpoints) plug in as key-renaming rules, not as new loaders.
 :func:`pretrained_encoder_setting` sizes the downstream encoder as a pre-training checkpoint's network spec says.
 """
@@ -49,10 +51,15 @@ class TransferReport:
     unexpected: list[str] = field(default_factory=list)
     shape_mismatch: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
+    expanded: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        expanded = (
+            f", {len(self.expanded)} 1-channel kernels repeated over the input channels and divided by their number "
+            f"({', '.join(self.expanded)})" if self.expanded else ""
+        )
         return (
-            f"{len(self.matched)} tensors matched ({len(self.resized)} position embeddings interpolated), "
+            f"{len(self.matched)} tensors matched ({len(self.resized)} position embeddings interpolated{expanded}), "
             f"{len(self.missing)} missing in the checkpoint, {len(self.unexpected)} unexpected, "
             f"{len(self.shape_mismatch)} with a different shape"
         )
@@ -73,6 +80,18 @@ def resize_position_embedding(tensor: torch.Tensor, shape: torch.Size) -> torch.
     if side is None or new_side is None:
         return None
     return interpolate_position_embedding(tensor, (side,) * 3, (new_side,) * 3)
+
+
+def expand_input_channels(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    """A convolution kernel of one input channel ``(O, 1, *k)`` for ``C`` input channels ``(O, C, *k)``: repeated
+    over them and divided by ``C``, so that a C-channel copy of a 1-channel image gives the activations the 1-channel
+    kernel gave, ``sum_c (w / C) * x = w * x``; ``None`` unless the shapes differ in the input channels only and the
+    kernel has one (a convolution: 3 dimensions or more)."""
+    if tensor.dim() < 3 or len(shape) != tensor.dim() or tensor.shape[1] != 1 or shape[1] == 1:
+        return None
+    if tensor.shape[:1] + tensor.shape[2:] != shape[:1] + shape[2:]:
+        return None
+    return tensor.repeat(1, shape[1], *[1] * (tensor.dim() - 2)) / shape[1]
 
 
 def extract_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
@@ -116,7 +135,9 @@ def load_pretrained(
     """Load the tensors of a checkpoint into ``network`` where names and shapes match, and report the rest.
 
     A ViT position embedding (``*position_embeddings``) learnt on another cubic token grid is interpolated to the
-    network's (:func:`resize_position_embedding`), e.g. a 96^3 pre-training into a 64^3 UNETR.
+    network's (:func:`resize_position_embedding`), e.g. a 96^3 pre-training into a 64^3 UNETR. A convolution kernel
+    of one input channel loads into one of C (a 1-channel CT encoder fine-tuned on C MRI modalities) repeated over
+    them and divided by C (:func:`expand_input_channels`); the log line counts and names them.
 
     Args:
         network: the network to initialise (modified in place).
@@ -159,6 +180,12 @@ def load_pretrained(
             loadable[name] = resized
             report.matched.append(name)
             report.resized.append(name)
+        elif target[name].shape != tensor.shape and (
+            expanded := expand_input_channels(tensor, target[name].shape)
+        ) is not None:
+            loadable[name] = expanded
+            report.matched.append(name)
+            report.expanded.append(name)
         elif target[name].shape != tensor.shape:
             report.shape_mismatch.append(f"{name}: checkpoint {tuple(tensor.shape)} vs network {tuple(target[name].shape)}")
         else:

@@ -197,7 +197,7 @@ def test_nifti_4d_with_singleton_last_dimension_is_accepted_and_loads(tmp_path):
     assert loaded["image"].shape == loaded["label"].shape == (1, 8, 8, 4)
 
 
-@pytest.mark.parametrize("shape", [(8, 8), (8, 8, 4, 2)])
+@pytest.mark.parametrize("shape", [(8, 8), (8, 8, 4, 1, 2)])  # 4D holds channels (tests/test_segmentation_tasks.py)
 def test_nifti_not_3d(tmp_path, shape):
     _nifti(tmp_path / "a.nii.gz", shape=shape)
     with pytest.raises(DatalistError, match=r"a\.nii\.gz is not a 3D volume") as error:

@@ -124,3 +124,23 @@ def test_warmup_cosine_counts_optimizer_steps_of_a_supervised_trainer_that_accum
     assert (schedule.warmup_steps, schedule.total_steps) == (3, 6) and steps == [2, 4, 5, 7, 9, 10]
     per_step = [warmup_cosine(step, peak_value=1.0, end_value=0.0, total_steps=6, warmup_steps=3) for step in range(6)]
     assert lrs == pytest.approx([per_step[step] for step in [0, 0, 1, 1, 2, 3, 3, 4, 4, 5]])
+
+
+# Wolf et al., "Downstream Tasks": "using the Adam optimizer with batch-size 64 and learning rate 10^-4 [...] Only the
+# linear layer is trained during the first ten epochs before the complete model is fine-tuned". Silent values from the
+# official notebooks (Wolfda95/SSL-MedicalImagining-CL-MAE, Downstream/*.ipynb): weight decay 5e-4, 70 epochs.
+SLICE_PAPER = {"global_batch_size": 64, "batch_size": 64, "accumulation_steps": 1, "learning_rate": 1e-4,
+               "weight_decay": 5e-4, "max_epochs": 70, "linear_epochs": 10}
+
+
+def test_the_slice_classifier_fine_tunes_with_wolf_et_al_s_recipe(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "bundles" / "ct_slice_classification" / "configs" / "train.json"))
+    parser.update({"cpu_demo_scale": False})
+    assert parser.get_parsed_content("recipe") == "paper"
+    for key, value in SLICE_PAPER.items():
+        assert parser.get_parsed_content(key) == pytest.approx(value), key
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    parser.update({"batch_size": 16})  # 16 images x 2 processes x 2 accumulated iterations = 64
+    assert parser.get_parsed_content("accumulation_steps") == 2

@@ -50,7 +50,7 @@ def test_saved_spec_rebuilds_the_same_network_from_plain_values(tmp_path):
     network = spec.build()
     network.load_state_dict(checkpoint["model"])  # strict: the same keys and shapes, adapters included
     assert {key for key in expected if "lora_" in key} and network.state_dict().keys() == expected.keys()
-    assert spec.channel_def == LABELS and spec.preprocessing == {"pixdim": [4.0, 4.0, 4.0]}
+    assert spec.channel_def == LABELS and spec.preprocessing == {"pixdim": [4.0, 4.0, 4.0], "intensity": "abdomen"}
     assert spec.network_data_format()["outputs"]["num_channels"] == 14
 
 

@@ -70,7 +70,7 @@ from tools.study import (
     plot_against_fraction,
     prepared_output_dir,
     run_params,
-    scratch_settings,
+    scratch_method,
     train_runs,
     write_csv,
 )
@@ -99,8 +99,7 @@ def scratch_methods(scratch_archs, pretrained: Sequence[Method]) -> list[Method]
     if unknown:
         raise ValueError(f"unknown scratch arch {unknown[0]!r}; choose from {', '.join(SEGMENTATION_ARCHS)}")
     return [
-        Method(f"scratch ({arch})", arch=arch, settings=scratch_settings(
-            [m for m in pretrained if m.arch == arch], "encoder_config", SEGMENTATION_PRETRAINING.get(arch, ())))
+        scratch_method(arch, pretrained, "encoder_config", SEGMENTATION_PRETRAINING.get(arch, ()))
         for arch in dict.fromkeys(archs)
     ]
 

@@ -83,7 +83,7 @@ from tools.study import (
     plot_against_fraction,
     prepared_output_dir,
     run_params,
-    scratch_settings,
+    scratch_method,
     train_runs,
     write_csv,
 )
@@ -92,7 +92,6 @@ logger = logging.getLogger(__name__)
 
 BUNDLE = Bundle("ct_slice_classification")  # its ``bundle_name``, hence its MLflow experiment
 PRETRAINING_BUNDLES = ("spark2d_pretrain", "moco2d_pretrain", "swav2d_pretrain", "byol2d_pretrain")
-SCRATCH = "scratch"
 # The test metrics the bundle logs to MLflow after training, with their names in the report.
 # test_f1 is the study's F1 (the positive class's for two classes, :func:`common.engine.study_f1`), which the stop
 # rule reads; the macro average is reported beside it.
@@ -113,7 +112,7 @@ def study_methods(checkpoints, no_scratch: bool = False) -> list[Method]:
     """
     paths = checkpoint_paths(checkpoints, PRETRAINING_BUNDLES)
     pretrained = [Method(name, path) for name, path in paths.items()]
-    scratch = Method(SCRATCH, settings=scratch_settings(pretrained, "network_spec#depth", SLICE_PRETRAINING, "depth"))
+    scratch = scratch_method(None, pretrained, "network_spec#depth", SLICE_PRETRAINING, "depth")
     methods = ([] if no_scratch else [scratch]) + pretrained
     if not methods:
         raise ValueError("nothing to compare: give --checkpoints name=path, or drop --no_scratch")

@@ -1,9 +1,11 @@
-"""Fine-tuning studies: a downstream bundle trained in this process once per method, training fraction and
-seed, every run logged to one MLflow store, read back and summarised as CSV, Markdown tables and plots.
+"""Fine-tuning studies: a downstream bundle trained in this process once per method, training fraction, seed and,
+for a cross-validation, fold, every run logged to one MLflow store, read back and summarised as CSV, Markdown tables
+and plots.
 
-The machinery shared by ``tools.label_efficiency`` (GL-MAE, Table 1 / Fig. 4) and ``tools.reduction``
-(Wolf et al. 2023, Table 3 / Fig. 5). A study is identified in its store by the MLflow params ``study``
-(its output folder) and ``method``, which every run carries besides the bundle's own ``hyper_parameters``.
+The machinery shared by ``tools.label_efficiency`` (GL-MAE, Table 1 / Fig. 4), ``tools.reduction`` (Wolf et al.
+2023, Table 3 / Fig. 5) and ``tools.crossval`` (HySparK Sec. 3.2; Wolf et al., "Brain"). A study is identified in
+its store by the MLflow params ``study`` (its output folder) and ``method``, which every run carries besides the
+bundle's own settings (``train_fraction``, ``seed``, ``fold``, ``num_folds`` among them).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import numbers
 import re
+import time
 from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +23,9 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from monai.bundle import ConfigParser, ConfigWorkflow
+from tqdm import tqdm
 
 from common.transfer import pretrained_encoder_setting
 
@@ -31,7 +37,10 @@ logger = logging.getLogger(__name__)
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 
-RunKey = tuple[str, float, int]
+# ``(method, fraction, seed)``, and ``(method, fraction, seed, fold, num_folds)`` for a run of a cross-validation.
+RunKey = tuple
+# The record keys that tell repetitions apart: never a key of an aggregated row.
+REPEATS = ("seed", "fold")
 
 
 @dataclass(frozen=True)
@@ -54,30 +63,48 @@ class Method:
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One fine-tuning of a study."""
+    """One fine-tuning of a study: ``method`` on ``fraction`` of the training cases with ``seed``; in a
+    cross-validation, with fold ``fold`` of ``num_folds`` held out (the bundle's ``fold`` and ``num_folds``)."""
 
     method: Method
     fraction: float
     seed: int
+    fold: int | None = None
+    num_folds: int | None = None
 
     @property
     def key(self) -> RunKey:
-        return self.method.label, self.fraction, self.seed
+        """What finds the run in the store (:meth:`Store.completed`)."""
+        folds = (self.fold, self.num_folds) if self.fold is not None else ()
+        return self.method.label, self.fraction, self.seed, *folds
 
     @property
     def name(self) -> str:
         """The MLflow run name."""
-        return f"{self.method.label} | {100 * self.fraction:g} % | seed {self.seed}"
+        fold = f" | fold {self.fold + 1}/{self.num_folds}" if self.fold is not None else ""
+        return f"{self.method.label} | {100 * self.fraction:g} % | seed {self.seed}{fold}"
 
     @property
     def folder(self) -> str:
         """The run's sub-folder of ``<output_dir>/runs``."""
-        return re.sub(r"[^A-Za-z0-9.]+", "_", f"{self.method.label} {self.fraction:g} seed{self.seed}").strip("_")
+        fold = f" fold{self.fold}" if self.fold is not None else ""
+        name = f"{self.method.label} {self.fraction:g} seed{self.seed}{fold}"
+        return re.sub(r"[^A-Za-z0-9.]+", "_", name).strip("_")
 
 
-def plan_runs(methods: Sequence[Method], fractions: Sequence[float], seeds: Sequence[int]) -> list[PlannedRun]:
-    """Every method at every fraction with every seed, method by method, fractions and seeds in the order given."""
-    return [PlannedRun(method, fraction, seed) for method in methods for fraction in fractions for seed in seeds]
+def plan_runs(
+    methods: Sequence[Method], fractions: Sequence[float], seeds: Sequence[int], num_folds: int | None = None
+) -> list[PlannedRun]:
+    """Every method at every fraction with every seed and, with ``num_folds``, every fold ``0 .. num_folds - 1``:
+    method by method, then fraction, seed and fold, fractions and seeds in the order given."""
+    folds = range(num_folds) if num_folds is not None else (None,)
+    return [
+        PlannedRun(method, fraction, seed, fold, num_folds if fold is not None else None)
+        for method in methods
+        for fraction in fractions
+        for seed in seeds
+        for fold in folds
+    ]
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -228,6 +255,27 @@ class Bundle:
         workflow.run()
         workflow.finalize()
 
+    def evaluate(self, files: Sequence[str], overrides: Mapping, evaluator: str) -> dict[str, float]:
+        """Run the bundle's ``evaluate.json`` over ``files`` once in this process with ``overrides``.
+
+        Returns:
+            The scalar metrics of the evaluator with config id ``evaluator`` (``validate#evaluator``), by name
+            (a metric of several values, e.g. MONAI's per-class Dice with ``return_with_label``, gives its
+            scalars under their own names).
+        """
+        workflow = ConfigWorkflow(
+            config_file=[*files, str(self.configs / "evaluate.json")],
+            meta_file=str(self.configs / "metadata.json"),
+            logging_file=False,
+            workflow_type="eval",
+            **overrides,
+        )
+        workflow.initialize()
+        workflow.run()
+        metrics = workflow.parser.get_parsed_content(evaluator).state.metrics
+        workflow.finalize()
+        return {name: float(value) for name, value in metrics.items() if isinstance(value, numbers.Real)}
+
 
 def scratch_settings(pretrained: Sequence[Method], config_id: str, methods: Sequence[str],
                      setting: str = "encoder") -> dict:
@@ -242,9 +290,19 @@ def scratch_settings(pretrained: Sequence[Method], config_id: str, methods: Sequ
     return {config_id: sizes[0]} if sizes else {}
 
 
+def scratch_method(arch: str | None, pretrained: Sequence[Method], config_id: str, methods: Sequence[str],
+                   setting: str = "encoder") -> Method:
+    """Training ``arch`` (``None``: the bundle's one network) from scratch, labelled ``scratch (<arch>)`` or
+    ``scratch``, its encoder sized by :func:`scratch_settings` as the first of the ``pretrained`` methods of the
+    same arch whose checkpoint carries a size, so both arms compare the same network."""
+    same_arch = [method for method in pretrained if method.arch == arch]
+    return Method(f"scratch ({arch})" if arch is not None else "scratch", arch=arch,
+                  settings=scratch_settings(same_arch, config_id, methods, setting))
+
+
 def run_params(run: PlannedRun, output_dir: Path) -> dict[str, object]:
     """The overrides that make one planned run of the study in ``output_dir``: initialisation, subset,
-    seed, run name, and the ``method`` and ``study`` params that find it again in MLflow."""
+    seed, fold, run name, and the ``method`` and ``study`` params that find it again in MLflow."""
     params = {
         "pretrained": run.method.pretrained,
         "train_fraction": run.fraction,
@@ -253,17 +311,20 @@ def run_params(run: PlannedRun, output_dir: Path) -> dict[str, object]:
         "hyper_parameters#method": run.method.label,
         "hyper_parameters#study": str(output_dir),
     }
+    params |= {"fold": run.fold, "num_folds": run.num_folds} if run.fold is not None else {}
     return params | dict(run.method.settings) | ({"arch": run.method.arch} if run.method.arch is not None else {})
 
 
 def train_runs(runs: Sequence[PlannedRun], fine_tune: Callable[[PlannedRun], None], done: Container[RunKey]) -> None:
-    """``fine_tune`` every run in turn, skipping those whose key is ``done``."""
-    for index, run in enumerate(runs, 1):
-        if run.key in done:
-            logger.info("[%d/%d] %s: finished earlier, skipped", index, len(runs), run.name)
-            continue
-        logger.info("[%d/%d] %s: fine-tuning", index, len(runs), run.name)
-        fine_tune(run)
+    """``fine_tune`` every run in turn, skipping those whose key is ``done``, with a progress bar over the runs."""
+    with tqdm(total=len(runs), desc="study", unit="run", dynamic_ncols=True) as progress:
+        for index, run in enumerate(runs, 1):
+            if run.key in done:
+                logger.info("[%d/%d] %s: finished earlier, skipped", index, len(runs), run.name)
+            else:
+                logger.info("[%d/%d] %s: fine-tuning", index, len(runs), run.name)
+                fine_tune(run)
+            progress.update()
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -279,8 +340,9 @@ class Store:
     study: str
 
     def completed(self, metrics: Sequence[str] = ()) -> dict[RunKey, object]:
-        """The study's FINISHED runs that logged every one of ``metrics``, by ``(method, fraction, seed)``;
-        the newest where there are several."""
+        """The study's FINISHED runs that logged every one of ``metrics``, by their :attr:`PlannedRun.key`; the
+        newest where there are several. A run without a ``train_fraction`` param trained on all its training
+        cases (1.0); one whose ``fold`` is ``None`` is no cross-validation run."""
         client = MlflowClient(tracking_uri=self.uri)
         experiment = client.get_experiment_by_name(self.experiment)
         if experiment is None:
@@ -292,14 +354,37 @@ class Store:
             max_results=50_000,
         )
         return {
-            (run.data.params["method"], float(run.data.params["train_fraction"]), int(run.data.params["seed"])): run
+            _run_key(run.data.params): run
             for run in runs
             if run.data.params.get("study") == self.study and all(metric in run.data.metrics for metric in metrics)
         }
 
-    def records(self, runs: Sequence[PlannedRun], metrics: Sequence[str], count: str) -> list[dict]:
+    def log_metrics(self, run: PlannedRun, metrics: Mapping[str, float]) -> None:
+        """Add ``metrics`` to the FINISHED MLflow run of ``run`` (say, the evaluation of the model it trained).
+
+        Raises:
+            LookupError: ``run`` has no FINISHED MLflow run.
+        """
+        found = self.completed()
+        if run.key not in found:
+            raise LookupError(f"{run.name}: no FINISHED run of study {self.study} in the MLflow store {self.uri}")
+        timestamp = int(time.time() * 1000)
+        MlflowClient(tracking_uri=self.uri).log_batch(
+            found[run.key].info.run_id, metrics=[Metric(name, value, timestamp, 0) for name, value in metrics.items()]
+        )
+
+    def records(
+        self, runs: Sequence[PlannedRun], metrics: Sequence[str], count: str | Sequence[str], prefix: str = ""
+    ) -> list[dict]:
         """One record per planned run from its FINISHED MLflow run: ``method``, ``arch`` (where the method
-        has one), ``fraction``, ``seed``, the integer param ``count`` and the last logged value of each metric.
+        has one), ``fraction``, ``seed``, ``fold`` (in a cross-validation), the integer param(s) ``count`` and the
+        last logged value of each metric.
+
+        Args:
+            runs: the planned runs.
+            metrics: the metrics to read, each logged as ``prefix + metric`` and recorded as ``metric``.
+            count: one or more integer params to record (``train_cases`` ...).
+            prefix: the prefix of the metrics' MLflow names.
 
         Raises:
             LookupError: a planned run has no FINISHED MLflow run, or it logged no value of a metric.
@@ -310,36 +395,54 @@ class Store:
             if run.key not in found:
                 raise LookupError(f"{run.name}: no FINISHED run of study {self.study} in the MLflow store {self.uri}")
             logged = found[run.key].data
-            missing = [metric for metric in metrics if metric not in logged.metrics]
+            missing = [metric for metric in metrics if prefix + metric not in logged.metrics]
             if missing:
-                raise LookupError(f"{run.name}: its MLflow run logged no {missing[0]}")
+                raise LookupError(f"{run.name}: its MLflow run logged no {prefix + missing[0]}")
             record = {"method": run.method.label}
             record |= {"arch": run.method.arch} if run.method.arch is not None else {}
-            record |= {"fraction": run.fraction, "seed": run.seed, count: int(logged.params[count])}
-            records.append(record | {metric: logged.metrics[metric] for metric in metrics})
+            record |= {"fraction": run.fraction, "seed": run.seed}
+            record |= {"fold": run.fold} if run.fold is not None else {}
+            record |= {name: int(logged.params[name]) for name in as_tuple(count)}
+            records.append(record | {metric: logged.metrics[prefix + metric] for metric in metrics})
         return records
 
 
-def aggregate(records: Sequence[Mapping], metrics: Sequence[str]) -> list[dict]:
-    """Mean and std (``ddof=1``; NaN for one seed) over seeds of each metric, per method and fraction.
+def _run_key(params: Mapping[str, str]) -> RunKey:
+    """The :attr:`PlannedRun.key` of an MLflow run from its params."""
+    key = params["method"], float(params.get("train_fraction", 1.0)), int(params["seed"])
+    fold = params.get("fold", "None")
+    return key if fold == "None" else (*key, int(fold), int(params["num_folds"]))
+
+
+def aggregate(
+    records: Sequence[Mapping], metrics: Sequence[str], by: Sequence[str] = ("method", "fraction"), count: str = "seeds"
+) -> list[dict]:
+    """Mean and std (``ddof=1``; NaN for one record) of each metric over the records of each group: over seeds per
+    method and fraction by default; over folds and seeds per method for a cross-validation.
 
     Args:
-        records: ``{"method", "fraction", "seed", <metric>: value ...}`` per run, with any further keys
-            that depend on the method and fraction only (``arch``, the training-set size); the rows keep
-            the order in which their method and fraction first appear.
+        records: ``{"method", "fraction", "seed", <metric>: value ...}`` per run, with any further keys (``arch``,
+            ``fold``, the training-set size); the rows keep the order in which their group first appears.
         metrics: the metric keys to average.
+        by: the keys whose values make a group.
+        count: the row key of the group's size.
 
     Returns:
-        Per method and fraction: the further keys of its first record, ``seeds`` (how many), then
-        ``<metric>`` and ``<metric>_std`` of each metric.
+        Per group: the keys whose value is the same in all its records (the ``by`` keys among them; never those
+        of :data:`REPEATS`), in the order of its first record, ``count``, then ``<metric>`` and ``<metric>_std`` of
+        each metric.
     """
-    groups: dict[tuple[str, float], list[Mapping]] = {}
+    groups: dict[tuple, list[Mapping]] = {}
     for record in records:
-        groups.setdefault((record["method"], record["fraction"]), []).append(record)
+        groups.setdefault(tuple(record[key] for key in by), []).append(record)
     rows = []
     for group in groups.values():
-        row = {key: value for key, value in group[0].items() if key != "seed" and key not in metrics}
-        row["seeds"] = len(group)
+        row = {
+            key: value
+            for key, value in group[0].items()
+            if key not in (*metrics, *REPEATS) and all(record.get(key) == value for record in group)
+        }
+        row[count] = len(group)
         for metric in metrics:
             values = np.array([record[metric] for record in group], dtype=float)
             row[metric] = float(values.mean())
@@ -357,9 +460,9 @@ def write_csv(rows: Sequence[Mapping], path: Path) -> None:
 
 
 def metric_cell(row: Mapping, metric: str, scale: float = 1.0, digits: int = 3, bold: bool = False) -> str:
-    """``mean ± std`` of ``metric`` times ``scale``, the mean only for one seed."""
+    """``mean ± std`` of ``metric`` times ``scale``, the mean only where there is no std (one record)."""
     text = f"{scale * row[metric]:.{digits}f}"
-    if row["seeds"] > 1:
+    if not math.isnan(row[f"{metric}_std"]):
         text += f" ± {scale * row[f'{metric}_std']:.{digits}f}"
     return f"**{text}**" if bold else text
 
@@ -451,6 +554,39 @@ def plot_against_fraction(
         axes.set_xlabel(xlabel)
         axes.set_ylabel(ylabel)
         axes.grid(True, alpha=0.3)
+        axes.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=150)
+    plt.close(figure)
+
+
+def plot_bars(rows: Sequence[Mapping], panels: Mapping[str, Mapping[str, str]], path: Path, title: str) -> None:
+    """Grouped bars of the rows' metrics, one panel per entry of ``panels`` (stacked), one bar per row (method) in
+    each group, and the std as an error bar where there is one.
+
+    Args:
+        rows: :func:`aggregate` rows, each with a ``method``.
+        panels: ``{y-axis label: {group label: metric}}``, e.g. ``{"Dice": {"spleen": "val_dice_spleen", ...}}``.
+        path: the PNG to write.
+        title: the figure's title.
+    """
+    widest = max(len(groups) for groups in panels.values())
+    figure, axes_column = plt.subplots(
+        len(panels), 1, figsize=(max(6.4, 0.45 * widest * len(rows) + 2), 3.6 * len(panels)), squeeze=False
+    )
+    width = 0.8 / len(rows)
+    for axes, (panel, groups) in zip(axes_column[:, 0], panels.items()):
+        x = np.arange(len(groups))
+        for index, row in enumerate(rows):
+            means = np.array([row[metric] for metric in groups.values()])
+            stds = np.array([row[f"{metric}_std"] for metric in groups.values()])
+            axes.bar(x + (index - (len(rows) - 1) / 2) * width, means, width, label=row["method"],
+                     yerr=None if np.isnan(stds).all() else stds, capsize=3)
+        crowded = len(groups) > 6
+        axes.set_xticks(x, list(groups), rotation=30 if crowded else 0, ha="right" if crowded else "center")
+        axes.set_ylabel(panel)
+        axes.grid(True, axis="y", alpha=0.3)
         axes.legend()
     figure.suptitle(title)
     figure.tight_layout()

@@ -1,5 +1,5 @@
-"""Datalists from MSD ``dataset.json`` / NIfTI folders / DICOM series / 2D slices, splits, the demo data, and the cache of
-a bundle's training data."""
+"""Datalists from MSD ``dataset.json`` / NIfTI folders / DICOM series / 2D slices, splits, the demo data, the cache of
+a bundle's training data, and segmentation task presets resolved against a data set's ``dataset.json``."""
 
 from common.data.cache import CACHE_MODES, training_dataset
 from common.data.classification import (
@@ -9,7 +9,6 @@ from common.data.classification import (
     classification_split,
     datalist_from_class_folders,
     datalist_from_class_json,
-    stratified_split,
 )
 from common.data.datalist import (
     datalist_from_dicom_folder,
@@ -26,12 +25,14 @@ from common.data.demo import BTCV_LABELS, ensure_demo_data, generate_phantom
 from common.data.demo_classification import ensure_classification_demo_data
 from common.data.demo_slices_classification import ensure_slice_classification_demo_data
 from common.data.dicom import DicomSeriesReader
+from common.data.folds import check_stratified_folds, stratified_cross_validation, stratified_split, stratified_subset
 from common.data.errors import BadInputError, BadInputPolicy, DatalistError, UnreadableFileError
 from common.data.grey_values import SLICE_WINDOWS, hu_to_uint8, hu_to_unit
 from common.data.nifti import VerifiedNibabelReader
 from common.data.screening import screen_datalist, screen_splits
-from common.data.slice_classification import slice_classification_datalist, stratified_subset
+from common.data.slice_classification import slice_classification_datalist
 from common.data.slices import ensure_slice_demo_data, slice_datalist
+from common.data.tasks import label_table, modality_table, task_settings
 
 __all__ = [
     "BTCV_LABELS",
@@ -44,6 +45,7 @@ __all__ = [
     "SLICE_WINDOWS",
     "UnreadableFileError",
     "VerifiedNibabelReader",
+    "check_stratified_folds",
     "class_names",
     "classification_datalist",
     "classification_split",
@@ -61,15 +63,19 @@ __all__ = [
     "hu_to_unit",
     "image_loader",
     "inference_datalist",
+    "label_table",
     "pretraining_datalist",
     "screen_datalist",
     "screen_splits",
     "slice_datalist",
     "load_datalist",
+    "modality_table",
     "slice_classification_datalist",
     "split_datalist",
+    "stratified_cross_validation",
     "stratified_split",
     "stratified_subset",
+    "task_settings",
     "training_dataset",
     "training_split",
 ]

@@ -1,5 +1,5 @@
-"""Class-labelled volumes: datalists from a class-per-folder tree or an MSD-style ``dataset.json``, a
-deterministic stratified split, and the CSV of predicted class probabilities.
+"""Class-labelled volumes: datalists from a class-per-folder tree or an MSD-style ``dataset.json``, their
+stratified split (:mod:`common.data.folds`), and the CSV of predicted class probabilities.
 
 A classification datalist is a list of ``{"image": ..., "label": <class index>}`` dicts with absolute image
 paths, and comes with the class names, index ``i`` naming class ``i``. Two sources are read:
@@ -33,6 +33,7 @@ import torch
 
 from common.data.datalist import absolute_path, checked_nifti_pair, is_nifti, load_datalist, msd_entries, msd_json_path
 from common.data.errors import BadInputPolicy, DatalistError
+from common.data.folds import stratified_split
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def classification_split(
     """``(train, validation)`` of a classification dataset.
 
     Validation is the json's ``"validation"`` list when it has one and ``fold`` is not given; otherwise fold
-    ``fold`` (0 when ``None``) of :func:`stratified_split`, with all other cases for training.
+    ``fold`` (0 when ``None``) of :func:`common.data.folds.stratified_split`, with all other cases for training.
 
     Args:
         source: anything :func:`classification_datalist` accepts.
@@ -202,43 +203,6 @@ def classification_split(
         train, validation = stratified_split(datalist, fold=fold or 0, num_folds=num_folds, seed=seed)
     logger.info("%s: %d training and %d validation cases; classes %s", source, len(train), len(validation),
                 ", ".join(f"{i} {name!r}" for i, name in enumerate(names)))
-    return train, validation
-
-
-def stratified_split(
-    datalist: Sequence[dict], *, fold: int = 0, num_folds: int = 5, seed: int = 0
-) -> tuple[list[dict], list[dict]]:
-    """Deterministic stratified cross-validation: ``(train, validation)`` with fold ``fold`` as validation.
-
-    The cases of each class are shuffled (``seed``), the classes laid end to end, and the cases dealt to the
-    folds in turn, so every fold holds each class in proportion (within one case) and the folds differ in
-    size by at most one. Folds are disjoint and together cover ``datalist``.
-
-    Args:
-        datalist: entries with an integer ``"label"``.
-        fold: the fold to hold out, in ``0 .. num_folds - 1``.
-        num_folds: number of folds, in ``2 .. len(datalist)``.
-        seed: seed of the shuffles.
-
-    Returns:
-        ``(train, validation)``, each in the order of ``datalist``.
-
-    Raises:
-        DatalistError: an entry has no label; ``num_folds`` or ``fold`` is out of range.
-    """
-    unlabelled = [entry["image"] for entry in datalist if "label" not in entry]
-    if unlabelled:
-        raise DatalistError(f"{len(unlabelled)} cases have no label, e.g. {unlabelled[0]}")
-    if not 2 <= num_folds <= len(datalist):
-        raise DatalistError(f"num_folds must be in 2..{len(datalist)} (the number of cases), got {num_folds}")
-    if not 0 <= fold < num_folds:
-        raise DatalistError(f"fold must be in 0..{num_folds - 1}, got {fold}")
-    rng = np.random.default_rng(seed)
-    labels = np.array([entry["label"] for entry in datalist])
-    dealt = np.concatenate([rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)])
-    held_out = set(dealt[fold::num_folds].tolist())
-    train = [entry for i, entry in enumerate(datalist) if i not in held_out]
-    validation = [entry for i, entry in enumerate(datalist) if i in held_out]
     return train, validation
 
 

@@ -1,10 +1,13 @@
 """Datalists from an MSD ``dataset.json``, a folder of NIfTI, or a folder of DICOM series.
 
 A datalist is what MONAI datasets take: a list of dicts ``{"image": ..., "label": ...}`` with absolute
-paths, ``"label"`` only where a label exists. :func:`load_datalist` accepts any of the three sources
-and checks what it can cheaply before a run starts (files exist, NIfTI headers are 3D and labels
-match their images, DICOM slices form consistent volumes), so that a broken case fails with a
-:class:`DatalistError` naming the file instead of crashing a data-loader worker hours later.
+paths, ``"label"`` only where a label exists. A multi-channel image (MRI modalities) is one 4D NIfTI with its
+channels last (MSD) or a list of one file per channel (nnU-Net v2, ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``
+...; read from a folder whose ``dataset.json`` lists ``channel_names``).
+
+:func:`load_datalist` accepts any of the three sources and checks what it can cheaply before a run starts (files
+exist, NIfTI headers are 3D and labels match their images, DICOM slices form consistent volumes), so that a broken
+case fails with a :class:`DatalistError` naming the file instead of crashing a data-loader worker hours later.
 
 DICOM: one series is one volume. A series entry is ``{"image": [slice files, sorted along the slice
 normal]}``: MONAI's own readers cannot pick one series out of a folder that mixes several (its
@@ -63,8 +66,10 @@ def load_datalist(
 
     Args:
         source: a ``.json`` file (MSD datalist, see :func:`datalist_from_msd`); or a folder holding a
-            ``dataset.json`` (same); or a folder of NIfTI (:func:`datalist_from_nifti_folder`); or a
-            folder of DICOM series (:func:`datalist_from_dicom_folder`), tried in this order.
+            ``dataset.json`` (same; an nnU-Net v2 ``dataset.json``, which lists ``channel_names`` and no cases,
+            reads the folder's ``imagesTr/`` + ``labelsTr/`` with that many channels per case); or a folder of
+            NIfTI (:func:`datalist_from_nifti_folder`); or a folder of DICOM series
+            (:func:`datalist_from_dicom_folder`), tried in this order.
         key: the split to read: a key of the ``dataset.json``, or ``"training"`` / ``"test"`` for the
             ``imagesTr`` / ``imagesTs`` folder layout. Folders without splits return all their images.
         label_folder: labels of a flat NIfTI folder (NIfTI sources only).
@@ -83,6 +88,10 @@ def load_datalist(
     json_path = msd_json_path(path)
     if json_path is not None:
         _reject_label_folder(label_folder, path)
+        description = read_dataset_json(json_path)
+        if "channel_names" in description and key not in description:  # nnU-Net v2: the cases are the files
+            channels = len(description["channel_names"])
+            return datalist_from_nifti_folder(json_path.parent, None, key, skip_unreadable, channels)
         return datalist_from_msd(json_path, key, skip_unreadable)
     if not path.is_dir():
         raise DatalistError(f"{path} does not exist; expected a dataset.json or a folder of NIfTI or DICOM")
@@ -117,13 +126,20 @@ def training_split(
         the training and validation datalists.
 
     Raises:
-        DatalistError: from :func:`load_datalist` or :func:`split_datalist`.
+        DatalistError: from :func:`load_datalist` or :func:`split_datalist`; a case has no label (every case of a
+            segmentation task needs one).
     """
     datalist = load_datalist(source, "training", label_folder, skip_unreadable)
     json_path = msd_json_path(absolute_path(source))
     validation = None
     if fold is None and json_path is not None and "validation" in _json_keys(json_path):
         validation = datalist_from_msd(json_path, "validation", skip_unreadable)
+    unlabelled = [entry["image"] for entry in datalist + (validation or []) if "label" not in entry]
+    if unlabelled:
+        raise DatalistError(
+            f"{len(unlabelled)} case(s) of {absolute_path(source)} have no label, e.g. {unlabelled[0]}; every case "
+            "of a segmentation task needs its label map (the label file is missing, or the entry names none)"
+        )
     return split_datalist(
         datalist, validation=validation, fold=fold, num_folds=num_folds, train_fraction=train_fraction, seed=seed
     )
@@ -223,7 +239,8 @@ def datalist_from_msd(
             for listed in ensure_tuple(entry.get(name, ())):
                 if not os.path.exists(listed):
                     raise DatalistError(f"{name} {listed} of {where} does not exist")
-        if not is_nifti(entry["image"]) or checked_nifti_pair(entry["image"], entry.get("label"), skip_unreadable):
+        nifti = all(is_nifti(path) for path in ensure_tuple(entry["image"]))
+        if not nifti or checked_nifti_pair(entry["image"], entry.get("label"), skip_unreadable):
             datalist.append(entry)
     return datalist
 
@@ -233,6 +250,7 @@ def datalist_from_nifti_folder(
     label_folder: str | os.PathLike | None = None,
     key: str = "training",
     skip_unreadable: bool | BadInputPolicy = False,
+    channels: int = 1,
 ) -> list[dict]:
     """Datalist from a folder of NIfTI volumes (``*.nii.gz``, ``*.nii``; hidden files are ignored).
 
@@ -245,23 +263,26 @@ def datalist_from_nifti_folder(
 
     ``label_folder``, when given, replaces the layout's label folder. An image is paired with the label
     of the same file name, or with the nnU-Net case name (``case_0000.nii.gz`` -> ``case.nii.gz``);
-    images without a label get no ``"label"`` (logged as a warning). Only headers are read: an image
-    must be 3D (or 4D with a singleton last dimension), its label must have the same spatial shape,
-    and the file must hold all the voxel data its header announces (a truncated file is unreadable).
+    images without a label get no ``"label"`` (logged as a warning). With ``channels`` > 1 (nnU-Net v2), the
+    files of a case are ``<case>_0000`` .. ``<case>_<channels - 1>`` and its entry lists them in that order,
+    ``{"image": [files], "label": <case>}``. Only headers are read: an image must be 3D (or 4D, its channels last),
+    its label one 3D map of the same spatial shape, and the file must hold all the voxel data its header announces
+    (a truncated file is unreadable).
 
     Args:
         folder: the dataset folder.
         label_folder: the folder of labels (overrides ``labelsTr/`` or ``labels/``).
         key: ``"training"`` or ``"test"``; used by the MSD layout only.
         skip_unreadable: images with a corrupt file: as in :func:`load_datalist`.
+        channels: the files per case (one per modality; nnU-Net v2 ``channel_names``).
 
     Returns:
         ``[{"image": path, "label": path}, ...]`` sorted by image file name.
 
     Raises:
         DatalistError: a folder is missing; no NIfTI found (the message lists the layouts tried);
-            ``key`` has no folder in the MSD layout; several images share one label; a file is
-            unreadable, not 3D, or a label's shape differs from its image's.
+            ``key`` has no folder in the MSD layout; several images share one label (with ``channels`` 1); a
+            case lacks a channel's file; a file is unreadable, not 3D, or a label's shape differs from its image's.
     """
     root = _existing_folder(folder, "NIfTI folder")
     image_dir, label_dir = nifti_layout(root, key)
@@ -270,12 +291,14 @@ def datalist_from_nifti_folder(
     images = nifti_files(image_dir)
     if not images:
         raise DatalistError(f"no NIfTI images in {root}; tried {NIFTI_TRIED}")
-    labels = _pair_labels(images, label_dir) if label_dir is not None else {}
+    cases = _channel_files(images, channels, image_dir) if channels > 1 else {path: path for path in images}
+    labels = _pair_labels(list(cases), label_dir) if label_dir is not None else {}
     datalist = []
-    for image in images:
-        label = labels.get(image)
-        if checked_nifti_pair(str(image), str(label) if label else None, skip_unreadable):
-            datalist.append({"image": str(image), "label": str(label)} if label else {"image": str(image)})
+    for case, image in cases.items():
+        image = [str(path) for path in image] if channels > 1 else str(image)
+        label = labels.get(case)
+        if checked_nifti_pair(image, str(label) if label else None, skip_unreadable):
+            datalist.append({"image": image, "label": str(label)} if label else {"image": image})
     return datalist
 
 
@@ -471,7 +494,10 @@ def _pair_labels(images: list[Path], label_dir: Path) -> dict[Path, Path]:
         shared[label].append(image.name)
     for label, names in shared.items():
         if len(names) > 1:
-            raise DatalistError(f"images {names} all pair with label {label} (multi-channel cases are not supported)")
+            raise DatalistError(
+                f"images {names} all pair with label {label}: one multi-channel case? Then give the folder the nnU-Net "
+                "v2 dataset.json that lists its channel_names"
+            )
     unlabelled = [image.name for image in images if image not in pairs]
     if unlabelled:
         logger.warning(
@@ -480,29 +506,68 @@ def _pair_labels(images: list[Path], label_dir: Path) -> dict[Path, Path]:
     return pairs
 
 
-def checked_nifti_pair(image: str, label: str | None, skip_unreadable: bool | BadInputPolicy) -> bool:
-    """Check an image (and its label) from their headers; ``False`` if skipped as unreadable.
+def _channel_files(images: list[Path], channels: int, folder: Path) -> dict[Path, list[Path]]:
+    """The files of each case of an nnU-Net v2 image folder, ``<case>_0000`` .. ``<case>_<channels - 1>``, by the
+    case's name (as a path in ``folder``, which :func:`_pair_labels` pairs with the label of that name).
 
     Raises:
-        DatalistError: a file is unreadable (unless skipped), not 3D, or the shapes differ.
+        DatalistError: a file is not named ``<case>_<4 digits>``, or a case lacks a channel or has one too many.
     """
+    cases: dict[Path, dict[int, Path]] = defaultdict(dict)
+    for image in images:
+        stem = _stem(image)
+        if not (len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit()):
+            raise DatalistError(
+                f"{image} is not named <case>_<channel>.nii.gz (e.g. case_0000.nii.gz): nnU-Net v2 names one file "
+                f"per channel, and this data set has {channels}"
+            )
+        cases[folder / f"{stem[:-5]}.nii.gz"][int(stem[-4:])] = image
+    for case, files in cases.items():
+        if sorted(files) != list(range(channels)):
+            raise DatalistError(
+                f"case {_stem(case)} in {folder} has the channel files {sorted(files)}; the data set's channel_names "
+                f"list {channels} (expected {_stem(case)}_0000 .. {_stem(case)}_{channels - 1:04d})"
+            )
+    return {case: [files[channel] for channel in range(channels)] for case, files in cases.items()}
+
+
+def checked_nifti_pair(
+    image: str | Sequence[str], label: str | None, skip_unreadable: bool | BadInputPolicy
+) -> bool:
+    """Check an image (or the files of its channels) and its label from their headers; ``False`` if skipped as
+    unreadable.
+
+    Raises:
+        DatalistError: a file is unreadable (unless skipped), not 3D (an image may hold its channels last in a 4th
+            dimension; a channel's file and a label may not), or the spatial shapes differ.
+    """
+    files = [image] if isinstance(image, str) else list(image)
+    others = files[1:] + ([label] if label else [])
     try:
-        image_shape = _volume_shape(Path(image))
-        label_shape = _volume_shape(Path(label)) if label else image_shape
+        shapes = {path: _volume_shape(Path(path)) for path in files + others}
     except UnreadableFileError as error:
         skip_or_raise(error, skip_unreadable)
         return False
-    if label_shape != image_shape:
-        raise DatalistError(f"label {label} has shape {label_shape} but its image {image} has shape {image_shape}")
+    for path in (files if len(files) > 1 else []) + ([label] if label else []):
+        if shapes[path][1] != 1:
+            raise DatalistError(f"{path} holds {shapes[path][1]} channels in a 4th dimension; expected one 3D volume")
+    image_shape = shapes[files[0]][0]
+    for path in others:
+        if shapes[path][0] != image_shape:
+            what = "label" if path == label else "channel file"
+            raise DatalistError(
+                f"{what} {path} has shape {shapes[path][0]} but its image {files[0]} has shape {image_shape}"
+            )
     return True
 
 
-def _volume_shape(path: Path) -> tuple[int, ...]:
-    """Spatial shape of a 3D NIfTI from its header, after checking that the file holds all its data.
+def _volume_shape(path: Path) -> tuple[tuple[int, ...], int]:
+    """Spatial shape and channels of a NIfTI volume from its header, after checking that the file holds all its data:
+    3D is one channel, 4D holds its channels last (MSD).
 
     Raises:
         UnreadableFileError: not a readable NIfTI, or truncated.
-        DatalistError: not 3D (nor 4D with a singleton last dimension).
+        DatalistError: neither 3D nor 4D.
     """
     try:
         image = nib.load(path)
@@ -513,11 +578,11 @@ def _volume_shape(path: Path) -> tuple[int, ...]:
     if size < needed:
         raise UnreadableFileError(path, f"holds {size} bytes, its header needs {needed} (truncated?)")
     shape = tuple(int(n) for n in image.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        return shape[:3]
-    if len(shape) != 3:
-        raise DatalistError(f"{path} is not a 3D volume: shape {shape} (expected 3 dimensions, or 4 with a last of 1)")
-    return shape
+    if len(shape) not in (3, 4):
+        raise DatalistError(
+            f"{path} is not a 3D volume: shape {shape} (expected 3 dimensions, or 4 with the channels last)"
+        )
+    return shape[:3], shape[3] if len(shape) == 4 else 1
 
 
 def _gzip_size(path: Path, expected: int) -> int:
@@ -554,9 +619,23 @@ def msd_json_path(path: Path) -> Path | None:
     return path / "dataset.json" if (path / "dataset.json").is_file() else None
 
 
+def read_dataset_json(json_path: str | os.PathLike) -> dict:
+    """The content of an MSD / nnU-Net ``dataset.json``.
+
+    Raises:
+        DatalistError: not valid JSON, or not a JSON object; the message names the file.
+    """
+    try:
+        content = json.loads(Path(json_path).read_text())
+    except (OSError, ValueError) as error:
+        raise DatalistError(f"cannot read {json_path}: {error}") from error
+    if not isinstance(content, dict):
+        raise DatalistError(f"{json_path} holds a JSON {type(content).__name__}; expected an object")
+    return content
+
+
 def _json_keys(json_path: Path) -> list[str]:
-    with open(json_path) as file:
-        return list(json.load(file))
+    return list(read_dataset_json(json_path))
 
 
 def _existing_folder(folder: str | os.PathLike, what: str) -> Path:

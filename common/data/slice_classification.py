@@ -1,5 +1,5 @@
-"""Labelled 2D CT slices: datalists with training / validation / test splits and class-stratified training subsets
-(the dataset reduction of Wolf et al. 2023).
+"""Labelled 2D CT slices: datalists with training / validation / test splits, or the folds of a stratified
+cross-validation (the "Brain" protocol of Wolf et al. 2023).
 
 A slice classification datalist is a dict::
 
@@ -19,13 +19,28 @@ detects the layout of a dataset folder, trying in turn:
 3. the **COVID-CT** layout (Zhao et al. 2020) with its official split: ``Data-split/<class>/{train,val,test}CT_<class>.txt``
    naming the images of ``CT_<class>/`` (in the folder or in ``Images-processed/``); classes ``CT_COVID``,
    ``CT_NonCOVID``, numbered in this (sorted) order as the official downstream code does;
-4. **class folders per split**: ``train/<class>/*``, ``test/<class>/*`` and optionally ``val/<class>/*``;
-5. **class folders**: ``<class>/*`` (images searched recursively in each), dealt into 60 / 20 / 20 %
+4. a **labels CSV** (the CSV file, or the only ``.csv`` at the top of the folder): images in the CSV's folder or its
+   sub-folders and one row per image naming its file and its class, e.g. Kaggle's ``head_ct/000.png`` ... with
+   ``labels.csv`` (``id, hemorrhage``; ids ``0``, ``1`` ... for ``000.png``, ``001.png`` ...), read tolerantly as
+   :mod:`common.data.labels_csv` says (``label_column`` names the label column where there are several); a 0/1
+   column ``hemorrhage`` gives classes ``no_hemorrhage`` (0) and ``hemorrhage`` (1); dealt as 6.;
+5. **class folders per split**: ``train/<class>/*``, ``test/<class>/*`` and optionally ``val/<class>/*``;
+6. **class folders**: ``<class>/*`` (images searched recursively in each), dealt into 60 / 20 / 20 %
    training / validation / test, stratified, with a fixed seed.
 
 Where a layout has no validation list (json or split folders without ``val``), a stratified 20 % of the
 training list is held out for validation (:func:`common.data.stratified_split`, fold 0 of 5, seed 0). Every
 layout needs a test list. Class folders are numbered in the order of their names (``sorted``).
+
+Grey values are read as stored (:func:`common.transforms.slices.load_slice_transforms`: 8-bit values / 255); nothing
+checks how the slices were windowed. An INFO line names the layout and the grey-value range of a few training slices,
+so that slices windowed otherwise than expected show in the log (bundle README, "Data").
+
+Cross-validation (``fold``): every labelled slice of the layout (training, validation and test lists together) is
+dealt into ``num_folds`` stratified folds; fold ``fold`` is the test set and a stratified ``validation_fraction`` of
+the others the validation set (:func:`common.data.folds.stratified_cross_validation`), as Wolf et al. evaluate
+their "Brain" task: "We perform a five-fold stratified cross-validation using 10% of the training data for
+validation and report the mean and standard deviation of accuracy, AUC score, and F1 score over the five runs".
 """
 
 from __future__ import annotations
@@ -34,16 +49,16 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from common.data.classification import stratified_split
 from common.data.datalist import absolute_path
 from common.data.errors import DatalistError
+from common.data.folds import stratified_cross_validation, stratified_split
 from common.data.generated import ensure_generated
+from common.data.labels_csv import find_labels_csv, labels_csv_entries
 from common.data.slices import SLICE_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -60,19 +75,33 @@ MEDMNIST_CLASS_NAMES = {
 # File name prefixes of the splits in MedMNIST (train_images) and COVID-CT (trainCT_COVID.txt).
 SPLIT_PREFIXES = {"training": "train", "validation": "val", "test": "test"}
 MEDMNIST_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "medmnist"
-LAYOUTS_TRIED = ("a datalist json (dataset.json), the COVID-CT layout (Data-split/), a MedMNIST .npz, "
-                 "train/ + test/ (+ val/) folders of class folders, or one folder per class")
+LAYOUTS_TRIED = ("a datalist json (dataset.json), the COVID-CT layout (Data-split/), a MedMNIST .npz, a labels CSV "
+                 "beside the images, train/ + test/ (+ val/) folders of class folders, or one folder per class")
+GREY_SAMPLES = 4  # training slices whose stored grey values the log reports
 
 
 # ------------------------------------------------------------------------------------------- datalists
 
 
-def slice_classification_datalist(dataset_dir: str | os.PathLike) -> dict:
+def slice_classification_datalist(
+    dataset_dir: str | os.PathLike,
+    *,
+    fold: int | None = None,
+    num_folds: int = 5,
+    seed: int = 0,
+    validation_fraction: float = 0.1,
+    label_column: str | None = None,
+) -> dict:
     """The training / validation / test datalist and class names of a slice dataset; layout detected as the
     module docstring lists.
 
     Args:
-        dataset_dir: a dataset folder, a datalist ``.json`` or a MedMNIST ``.npz``.
+        dataset_dir: a dataset folder, a datalist ``.json``, a MedMNIST ``.npz`` or a labels ``.csv``.
+        fold: ``None``: the layout's own splits; else the test fold of a stratified ``num_folds``-fold
+            cross-validation over all its labelled slices (module docstring).
+        num_folds, seed, validation_fraction: the cross-validation's, as in
+            :func:`common.data.folds.stratified_cross_validation`; unused without ``fold``.
+        label_column: the label column of a labels CSV (any case); None: the one column beside the file column.
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...], "labels": {"0": name, ...}}``, entries
@@ -80,24 +109,61 @@ def slice_classification_datalist(dataset_dir: str | os.PathLike) -> dict:
 
     Raises:
         DatalistError: ``dataset_dir`` does not exist or matches no layout; a listed image is missing; a split
-            is empty; a label names no class (each message names the file at fault).
+            is empty; a label names no class (each message names the file at fault); a cross-validation
+            argument is out of range (more folds than the slices of the smallest class); a labels CSV is
+            inconsistent (:mod:`common.data.labels_csv`); ``label_column`` is given for another layout.
     """
     root = absolute_path(dataset_dir)
-    if root.suffix == ".json" or (root / "dataset.json").is_file():
-        datalist = _from_json(root if root.suffix == ".json" else root / "dataset.json")
-    elif root.suffix == ".npz" or (root.is_dir() and _single_npz(root)):
-        datalist = _from_json(medmnist_png_cache(root if root.suffix == ".npz" else _single_npz(root)))
-    elif not root.is_dir():
-        raise DatalistError(f"{root} does not exist; expected {LAYOUTS_TRIED}")
-    elif (root / "Data-split").is_dir():
-        datalist = _from_covid_ct(root)
-    elif _split_folder(root, "training"):
-        datalist = _from_split_folders(root)
-    else:
-        datalist = _from_class_folders(root)
+    layout, datalist = _detected(root, label_column)
+    if fold is not None:
+        pooled = [entry for split in SPLITS for entry in datalist[split]]
+        folds = stratified_cross_validation(pooled, fold=fold, num_folds=num_folds, seed=seed,
+                                            validation_fraction=validation_fraction)
+        datalist = {**dict(zip(SPLITS, folds)), "labels": datalist["labels"]}
+        logger.info("%s: fold %d of %d (seed %d) is the test set, %g of the others the validation set", root, fold,
+                    num_folds, seed, validation_fraction)
     logger.info("%s: %s; classes %s", root, ", ".join(f"{len(datalist[s])} {s}" for s in SPLITS),
                 ", ".join(f"{i} {name!r}" for i, name in datalist["labels"].items()))
+    _log_grey_values(root, layout, datalist["training"])
     return datalist
+
+
+def _detected(root: Path, label_column: str | None) -> tuple[str, dict]:
+    """The layout of ``root`` (module docstring) and its datalist."""
+    csv_path = root if root.suffix.lower() == ".csv" else None
+    if csv_path is None and root.is_dir() and not (root / "dataset.json").is_file() and not _single_npz(root) \
+            and not (root / "Data-split").is_dir():
+        csv_path = find_labels_csv(root)
+    if label_column is not None and csv_path is None:
+        raise DatalistError(f"label_column {label_column!r} names a column of a labels CSV, but {root} is not the "
+                            f"labels CSV layout (expected {LAYOUTS_TRIED})")
+    if csv_path is not None:
+        if not csv_path.is_file():
+            raise DatalistError(f"labels CSV {csv_path} does not exist")
+        entries, labels = labels_csv_entries(csv_path, csv_path.parent, SLICE_SUFFIXES, label_column)
+        return "labels CSV", _dealt(entries, labels, csv_path)
+    if root.suffix == ".json" or (root / "dataset.json").is_file():
+        return "datalist json", _from_json(root if root.suffix == ".json" else root / "dataset.json")
+    if root.suffix == ".npz" or (root.is_dir() and _single_npz(root)):
+        return "MedMNIST .npz", _from_json(medmnist_png_cache(root if root.suffix == ".npz" else _single_npz(root)))
+    if not root.is_dir():
+        raise DatalistError(f"{root} does not exist; expected {LAYOUTS_TRIED}")
+    if (root / "Data-split").is_dir():
+        return "COVID-CT (Data-split/)", _from_covid_ct(root)
+    if _split_folder(root, "training"):
+        return "class folders per split", _from_split_folders(root)
+    return "class folders", _from_class_folders(root)
+
+
+def _log_grey_values(root: Path, layout: str, entries: list[dict]) -> None:
+    """One INFO line: the layout and the grey values of a few training slices as stored (before the / 255)."""
+    picked = np.unique(np.linspace(0, len(entries) - 1, GREY_SAMPLES).round().astype(int))
+    ranges = [r for r in (_stored_range(Path(entries[i]["image"])) for i in picked) if r is not None]
+    if ranges:
+        logger.info("%s: %s layout; %d sampled training slices hold grey values %.4g .. %.4g as stored (8-bit PNG / "
+                    "JPG read as value / 255, .npy as it is); how HU were mapped to grey is not checked, so slices "
+                    "for evaluation and inference must be prepared as the training slices were", root, layout,
+                    len(ranges), min(r[0] for r in ranges), max(r[1] for r in ranges))
 
 
 def _from_json(path: Path) -> dict:
@@ -133,7 +199,7 @@ def _json_entry(entry: object, index: int, split: str, path: Path, num_classes: 
 
 
 def _from_covid_ct(root: Path) -> dict:
-    """Layout 2: ``Data-split/<class>/<split>CT_<class>.txt`` naming images in ``CT_<class>/``."""
+    """Layout 3: ``Data-split/<class>/<split>CT_<class>.txt`` naming images in ``CT_<class>/``."""
     classes = sorted(p.name for p in (root / "Data-split").iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise DatalistError(f"{root / 'Data-split'} needs one folder per class (COVID, NonCOVID), found {classes}")
@@ -156,7 +222,7 @@ def _from_covid_ct(root: Path) -> dict:
 
 
 def _from_split_folders(root: Path) -> dict:
-    """Layout 4: ``train/<class>/``, ``test/<class>/`` and optionally ``val/<class>/``."""
+    """Layout 5: ``train/<class>/``, ``test/<class>/`` and optionally ``val/<class>/``."""
     training = _split_folder(root, "training")
     names = [folder.name for folder in _class_folders(training)]
     splits = {}
@@ -177,14 +243,18 @@ def _from_split_folders(root: Path) -> dict:
 
 
 def _from_class_folders(root: Path) -> dict:
-    """Layout 5: ``<class>/`` folders, dealt 60 / 20 / 20 % into training / validation / test."""
+    """Layout 6: ``<class>/`` folders, dealt 60 / 20 / 20 % into training / validation / test."""
     folders = _class_folders(root)
     entries = [{"image": str(image), "label": label}
                for label, folder in enumerate(folders) for image in _slice_files(folder)]
+    return _dealt(entries, {str(i): folder.name for i, folder in enumerate(folders)}, root)
+
+
+def _dealt(entries: list[dict], labels: dict[str, str], root: Path) -> dict:
+    """A layout without splits, dealt 60 / 20 / 20 % into training / validation / test, stratified, seed 0."""
     rest, test = stratified_split(entries, fold=0, num_folds=5, seed=0)
     training, validation = stratified_split(rest, fold=0, num_folds=4, seed=0)
-    splits = {"training": training, "validation": validation, "test": test}
-    return _checked(splits, {str(i): folder.name for i, folder in enumerate(folders)}, root)
+    return _checked({"training": training, "validation": validation, "test": test}, labels, root)
 
 
 def _with_validation(splits: dict[str, list[dict]], labels: dict[str, str], root: Path | None = None) -> dict:
@@ -227,6 +297,15 @@ def _existing(path: Path, where: str) -> Path:
     if not path.is_file():
         raise DatalistError(f"image {path} of {where} does not exist")
     return path
+
+
+def _stored_range(path: Path) -> tuple[float, float] | None:
+    """Minimum and maximum of a slice file as stored; None where it cannot be read (screening reports it)."""
+    try:
+        values = np.load(path) if path.suffix.lower() == ".npy" else np.asarray(Image.open(path))
+    except (OSError, ValueError):
+        return None
+    return (float(values.min()), float(values.max())) if values.size else None
 
 
 def _single_npz(folder: Path) -> Path | None:
@@ -284,39 +363,3 @@ def _write_medmnist_pngs(path: Path, folder: Path, stamp: dict) -> None:
             Image.fromarray(np.asarray(image, dtype=np.uint8)).save(folder / name)
             dataset[split].append({"image": f"./{name}", "label": int(label)})
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=1) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------- subsets
-
-
-def stratified_subset(items: Sequence[dict], fraction: float, seed: int = 0) -> list[dict]:
-    """A random, class-stratified ``fraction`` of ``items``: the training-set reduction of the study.
-
-    Each class ``c`` keeps ``max(1, round(fraction * n_c))`` of its ``n_c`` entries (Python's ``round``: halves to
-    even), the first of a permutation of the class seeded by ``seed`` (``numpy.random.default_rng``). For one seed
-    the permutation does not depend on ``fraction``, so the subsets are **nested**: a smaller fraction keeps a
-    part of what a larger one keeps (the reduction removes cases, it never swaps them); another seed draws
-    another subset.
-
-    Args:
-        items: entries with an integer ``"label"``.
-        fraction: in ``(0, 1]``; 1 keeps everything.
-        seed: seed of the draw.
-
-    Returns:
-        the kept entries, in the order of ``items``.
-
-    Raises:
-        DatalistError: ``fraction`` is outside ``(0, 1]`` or an entry has no label.
-    """
-    if not 0 < fraction <= 1:
-        raise DatalistError(f"train_fraction must be in (0, 1], got {fraction}")
-    if any("label" not in entry for entry in items):
-        raise DatalistError("stratified_subset needs a 'label' in every entry")
-    labels = np.array([entry["label"] for entry in items])
-    rng = np.random.default_rng(seed)
-    kept = set()
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        kept.update(members[: max(1, round(fraction * len(members)))].tolist())
-    return [entry for index, entry in enumerate(items) if index in kept]

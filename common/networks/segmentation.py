@@ -191,17 +191,30 @@ def segmentation_spec(
     encoder_config: Mapping | None = None,
     lora_rank: int = 0,
     pixdim: Sequence[float] = (1.5, 1.5, 1.5),
+    modality: Mapping | None = None,
+    intensity: str = "abdomen",
 ) -> NetworkSpec:
     """The :class:`~common.networks.spec.NetworkSpec` of a segmentation network: what ``btcv_segmentation`` saves
-    with its weights and rebuilds for inference.
+    with its weights and rebuilds for inference, for any task (its labels, its image channels, its preprocessing).
 
     Args:
-        channel_def: output channel index -> label (``metadata.json``'s ``channel_def``); one output per label.
+        channel_def: output channel index -> label (the task's labels, ``metadata.json``'s ``channel_def`` for
+            BTCV); one output per label.
         arch, in_channels, roi_size, feature_size, mednext_variant, encoder_config: :func:`segmentation_network`;
             ``encoder_config`` ``None`` is the paper's sizes.
         lora_rank: rank of the LoRA adapters in the encoder (:func:`adapt_encoder`); 0 for none.
         pixdim: the voxel spacing (mm) the network was trained at, which inference resamples to.
+        modality: input channel index -> name (the task's ``modality`` / ``channel_names``), one per input channel;
+            ``None``: not recorded (checkpoints saved before tasks: ``in_channels`` CT channels).
+        intensity: the intensity normalisation inference applies: a CT window of
+            :data:`common.transforms.CT_WINDOWS`, or ``"zscore"`` (MRI;
+            :func:`common.transforms.ct.intensity_transform`).
+
+    Raises:
+        ValueError: ``modality`` lists other than ``in_channels`` channels.
     """
+    if modality is not None and len(modality) != in_channels:
+        raise ValueError(f"modality {dict(modality)} lists {len(modality)} channels, in_channels is {in_channels}")
     labels = {str(index): name for index, name in channel_def.items()}
     network_settings = {
         "arch": arch,
@@ -217,12 +230,14 @@ def segmentation_spec(
         **{key: value for key, value in network_settings.items() if key != "out_channels"},
         "lora_rank": lora_rank,
         "pixdim": list(pixdim),
+        "modality": None if modality is None else {str(index): name for index, name in modality.items()},
+        "intensity": intensity,
     }
     return NetworkSpec(
         factory="common.networks.segmentation_spec",
         arguments=arguments,
         network=lambda: segmentation_network(**network_settings),
         adapters=lambda network: adapt_encoder(network, arch, lora_rank),
-        preprocessing={"pixdim": list(pixdim)},
+        preprocessing={"pixdim": list(pixdim), "intensity": intensity},
         input_shape=list(roi_size),
     )

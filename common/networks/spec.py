@@ -103,7 +103,8 @@ class NetworkSpec:
 
     def network_data_format(self, declared: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """What this spec decides of the ``network_data_format`` of ``metadata.json``, by section (the first entry's
-        fields): the input's channels and, where fixed, spatial shape; the output's labels where the network has them.
+        fields): the input's channels (with their names, modality and format where the spec records a ``modality``
+        table) and, where fixed, spatial shape; the output's labels where the network has them.
 
         Args:
             declared: the ``network_data_format`` the bundle's ``metadata.json`` declares, which the spec's values
@@ -111,6 +112,12 @@ class NetworkSpec:
                 :class:`common.methods.spec.MethodSpec`).
         """
         entries = {"inputs": {"num_channels": self.in_channels}}
+        if self.arguments.get("modality"):
+            modality = self.arguments["modality"]
+            ct = all(name.casefold() == "ct" for name in modality.values())
+            entries["inputs"].update(
+                channel_def=dict(modality), modality="CT" if ct else "MR", format="hounsfield" if ct else "magnitude"
+            )
         if self.input_shape is not None:
             entries["inputs"]["spatial_shape"] = list(self.input_shape)
         if "channel_def" in self.arguments:

@@ -2,7 +2,8 @@
 
 A file can pass every header check and still hold data no model should train on: NaN or infinite voxels,
 values no CT can hold (a gzip corrupted in the middle of its stream loads as int32 values of +-2^31), label
-values outside the task's label table. These MONAI ``MapTransform`` s look at the values right after loading
+values outside the task's label table, an image with other channels than the task's modalities, a label on another
+grid than its image. These MONAI ``MapTransform`` s look at the values right after loading
 (:func:`checked_loader`, the head of :func:`common.transforms.load_ct` and of the 2D slice pipelines); they cost
 one pass over values already in memory, and raise :class:`~common.data.errors.BadInputError` naming the file
 (for a DICOM series, the series and its folder), what was found and what was expected.
@@ -116,6 +117,49 @@ class CheckLabelsd(MapTransform):
         )
 
 
+class CheckShapesd(MapTransform):
+    """Raise on an image whose channels are not the task's, or a label that is not one map on its image's grid.
+
+    Args:
+        keys: the image's key.
+        in_channels: the channels each image must have (one per modality of the task's table).
+        label_key: the key of the label map loaded with the image; ``None``, or entries without it: the image only
+            (a classification entry's ``"label"`` is a class index, not a map).
+
+    Raises:
+        BadInputError: (when called) the image's channel count differs, naming the file, both counts and what to
+            check; the label has several channels, or another spatial shape than its image (naming both files).
+    """
+
+    def __init__(self, keys: KeysCollection = "image", in_channels: int = 1, label_key: str | None = "label"):
+        super().__init__(keys)
+        self.in_channels = in_channels
+        self.label_key = label_key
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            if image.shape[0] != self.in_channels:
+                raise BadInputError(
+                    input_name(image, key),
+                    f"has {image.shape[0]} channel(s) of shape {tuple(image.shape[1:])}; expected {self.in_channels}, "
+                    "one per modality of the task's table (dataset.json 'modality' / 'channel_names'; a 4D NIfTI holds "
+                    "its channels last, nnU-Net case files one each as <case>_0000, <case>_0001 ...)",
+                )
+            label = d.get(self.label_key) if self.label_key is not None else None
+            if label is None:
+                continue
+            if label.shape[0] != 1 or label.shape[1:] != image.shape[1:]:
+                raise BadInputError(
+                    input_name(label, self.label_key),
+                    f"label of shape {tuple(label.shape[1:])} with {label.shape[0]} channel(s); its image "
+                    f"{input_name(image, key)} has shape {tuple(image.shape[1:])}: expected one label map on the "
+                    "image's voxel grid",
+                )
+        return d
+
+
 def _values(image: torch.Tensor | np.ndarray) -> torch.Tensor:
     """The values of a loaded input as a plain tensor (no metadata to carry through the checks' operations)."""
     return image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
@@ -154,16 +198,25 @@ def _index_box(mask: torch.Tensor) -> str:
     return f"index ranges [{', '.join(ranges)}] of the {tuple(mask.shape[1:])} grid"
 
 
-def ct_checks(keys: Sequence[str], num_classes: int | None = None) -> list[MapTransform]:
-    """The checks of freshly loaded CT entries: ``"image"`` (:class:`CheckCTd`) if in ``keys``; ``"label"``
-    (:class:`CheckLabelsd`) if in ``keys`` and ``num_classes`` is given."""
-    checks: list[MapTransform] = [CheckCTd("image")] if "image" in keys else []
+def ct_checks(
+    keys: Sequence[str], num_classes: int | None = None, in_channels: int | None = 1, ct: bool = True
+) -> list[MapTransform]:
+    """The checks of freshly loaded entries: ``"image"`` (:class:`CheckCTd` for CT, :class:`CheckFinited` for other
+    images such as MRI) if in ``keys``; its channels and the label's grid (:class:`CheckShapesd`) unless
+    ``in_channels`` is None; ``"label"`` (:class:`CheckLabelsd`) if in ``keys`` and ``num_classes`` is given."""
+    checks: list[MapTransform] = []
+    if "image" in keys:
+        checks.append(CheckCTd("image") if ct else CheckFinited("image"))
+        if in_channels is not None:
+            checks.append(CheckShapesd("image", in_channels, "label" if "label" in keys else None))
     if num_classes is not None and "label" in keys:
         checks.append(CheckLabelsd("label", num_classes))
     return checks
 
 
-def checked_loader(keys: str | Sequence[str], num_classes: int | None = None) -> Compose:
+def checked_loader(
+    keys: str | Sequence[str], num_classes: int | None = None, in_channels: int | None = 1, ct: bool = True
+) -> Compose:
     """Read datalist entries (:func:`common.data.image_loader`) and check their content (:func:`ct_checks`).
 
     The loading head of :func:`common.transforms.load_ct`, and the ``load`` of :func:`common.data.screen_datalist`.
@@ -171,10 +224,13 @@ def checked_loader(keys: str | Sequence[str], num_classes: int | None = None) ->
     Args:
         keys: the keys to load, e.g. ``["image", "label"]``.
         num_classes: the number of entries of the task's label table; ``None``: labels are not checked.
+        in_channels: the channels each image must have (the task's modalities; a label is one map on its image's
+            grid); ``None``: not checked.
+        ct: the images are CT in HU (values within int16); else (MRI) they need only be finite.
 
     Returns:
-        the transform: an entry -> the entry with ``(1, X, Y, Z)`` MetaTensors. Calling it raises (wrapped by
+        the transform: an entry -> the entry with ``(C, X, Y, Z)`` MetaTensors. Calling it raises (wrapped by
         ``Compose`` in a ``RuntimeError``) :class:`~common.data.errors.BadInputError` for a bad input.
     """
     keys = [keys] if isinstance(keys, str) else list(keys)
-    return Compose([image_loader(keys), *ct_checks(keys, num_classes)])
+    return Compose([image_loader(keys), *ct_checks(keys, num_classes, in_channels, ct)])

@@ -1,4 +1,5 @@
-"""3D CT segmentation pipelines: the Swin UNETR / UNETR BTCV fine-tuning pipeline, built from MONAI transforms.
+"""3D segmentation pipelines: the Swin UNETR / UNETR BTCV fine-tuning pipeline, built from MONAI transforms, for CT
+and for MRI.
 
 The official BTCV code of Swin UNETR and UNETR (Project-MONAI/research-contributions, ``SwinUNETR/BTCV`` and
 ``UNETR/BTCV``, ``utils/data_utils.py``): orientation RAS, resampling to ``pixdim`` (the collection uses 1.5 mm
@@ -8,13 +9,20 @@ foreground and background voxels, random flips along each axis, random 90 degree
 :data:`OFFICIAL_AUGMENTATION_PROBS` (``main.py``'s defaults) or :data:`TUTORIAL_AUGMENTATION_PROBS` (MONAI's
 ``swin_unetr_btcv_segmentation`` tutorial and model-zoo bundle).
 
-Every pipeline returns ``(C, H, W, D)`` MetaTensors with ``C = 1`` for images and labels.
+Any task (an MSD / nnU-Net data set) runs through the same pipelines: its image channels (``in_channels``, one per
+modality) and its intensity normalisation (``intensity``: a CT window, or the z-score of MRI channels,
+:func:`common.transforms.ct.intensity_transform`) are arguments; the crop to the body keeps the bounding box of the
+non-zero voxels of any channel (after a CT window: above its lower end; after the z-score: inside the non-zero
+region), then crops and augmentation are those of BTCV.
+
+Every pipeline returns ``(C, H, W, D)`` MetaTensors: ``C = in_channels`` for images, ``C = 1`` for labels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from monai.transforms import (
     AsDiscreted,
     Compose,
@@ -44,9 +52,10 @@ def segmentation_train_transforms(
     roi_size: Sequence[int] = (96, 96, 96),
     pixdim: Sequence[float] = (1.5, 1.5, 1.5),
     num_samples: int = 4,
-    window: str = "abdomen",
+    intensity: str = "abdomen",
     num_classes: int | None = None,
     augmentation_probs: Mapping[str, float] = OFFICIAL_AUGMENTATION_PROBS,
+    in_channels: int = 1,
 ) -> Compose:
     """Training pipeline: deterministic part (cached by ``CacheDataset``), then random crops and augmentation.
 
@@ -54,18 +63,20 @@ def segmentation_train_transforms(
         roi_size: crop size in voxels after resampling.
         pixdim: target spacing in mm.
         num_samples: crops drawn per volume (``RandCropByPosNegLabeld``, positive:negative = 1:1).
-        window: CT window preset, a key of :data:`common.transforms.CT_WINDOWS`.
+        intensity: a CT window preset (a key of :data:`common.transforms.CT_WINDOWS`), or ``"zscore"`` for images
+            that are not CT (:func:`common.transforms.ct.intensity_transform`).
         num_classes: entries of the task's label table (background included): labels holding other values
             raise :class:`~common.data.errors.BadInputError` when read. ``None``: labels are not checked.
         augmentation_probs: probability of each augmentation, keys ``flip`` (each axis on its own), ``rotate90``,
             ``scale_intensity``, ``shift_intensity``.
+        in_channels: the image channels (the task's modalities); an image with others raises ``BadInputError``.
     """
     keys = list(IMAGE_LABEL)
     probs = augmentation_probs
     return Compose(
-        load_ct(keys, pixdim, window, num_classes)
+        load_ct(keys, pixdim, intensity, num_classes, in_channels)
         + [
-            CropForegroundd(keys=keys, source_key="image", allow_smaller=True),
+            _crop_to_body(keys),
             SpatialPadd(keys=keys, spatial_size=roi_size),
             RandCropByPosNegLabeld(
                 keys=keys,
@@ -88,21 +99,39 @@ def segmentation_train_transforms(
 
 
 def segmentation_val_transforms(
-    pixdim: Sequence[float] = (1.5, 1.5, 1.5), window: str = "abdomen", num_classes: int | None = None
+    pixdim: Sequence[float] = (1.5, 1.5, 1.5),
+    intensity: str = "abdomen",
+    num_classes: int | None = None,
+    in_channels: int = 1,
 ) -> Compose:
     """Validation / evaluation pipeline: whole resampled volumes cropped to the body, for sliding windows.
 
     Args:
-        pixdim, window, num_classes: as in :func:`segmentation_train_transforms`.
+        pixdim, intensity, num_classes, in_channels: as in :func:`segmentation_train_transforms`.
     """
     keys = list(IMAGE_LABEL)
-    crop = CropForegroundd(keys=keys, source_key="image", allow_smaller=True)
-    return Compose(load_ct(keys, pixdim, window, num_classes) + [crop])
+    return Compose(load_ct(keys, pixdim, intensity, num_classes, in_channels) + [_crop_to_body(keys)])
 
 
-def segmentation_inference_transforms(pixdim: Sequence[float] = (1.5, 1.5, 1.5), window: str = "abdomen") -> Compose:
-    """Inference pipeline for images only; every step is invertible so predictions map back to the input grid."""
-    return Compose(load_ct(["image"], pixdim, window))
+def segmentation_inference_transforms(
+    pixdim: Sequence[float] = (1.5, 1.5, 1.5), intensity: str = "abdomen", in_channels: int = 1
+) -> Compose:
+    """Inference pipeline for images only; every step is invertible so predictions map back to the input grid.
+
+    Args:
+        pixdim, intensity, in_channels: as in :func:`segmentation_train_transforms`.
+    """
+    return Compose(load_ct(["image"], pixdim, intensity, in_channels=in_channels))
+
+
+def _non_zero(image: torch.Tensor) -> torch.Tensor:
+    """The voxels to keep in the crop to the body: those not 0 (after a CT window: above its lower end)."""
+    return image != 0
+
+
+def _crop_to_body(keys: Sequence[str]) -> CropForegroundd:
+    """The bounding box of the non-zero voxels of any channel of ``"image"``, applied to ``keys``."""
+    return CropForegroundd(keys=keys, source_key="image", select_fn=_non_zero, allow_smaller=True)
 
 
 def segmentation_postprocessing(preprocessing: Compose, output_dir: str, output_postfix: str = "seg") -> Compose:
