@@ -349,6 +349,9 @@ def test_segmentation_folds_report_dice_per_organ_and_name_what_evaluation_lacks
     assert len(organs) == 13 and all(0.0 <= float(r[k]) <= 1.0 for r in rows for k in organs + ["val_mean_dice"])
     report = segmentation_study["paths"]["md"].read_text()
     assert "| method | Dice (%) |" in report and "Dice (%) per class." in report and " inferior vena cava |" in report
-    assert ("HD95 (mm)" in report) != ("val_mean_hd95" in report)  # reported, or named as not computed
+    for metric in ("nsd", "hd95"):  # per class and averaged, read back from the evaluation of every fold
+        assert len([key for key in rows[0] if key.startswith(f"val_{metric}_")]) == 13
+        assert all(r[f"val_mean_{metric}"] != "" for r in rows)
+    assert "HD95 (mm)" in report and "not reported" not in report
     with Image.open(segmentation_study["paths"]["png"]) as image:
         assert image.format == "PNG" and len(image.convert("L").getcolors(1 << 16)) > 10

@@ -103,6 +103,11 @@ def test_evaluation_takes_the_saved_network_on_data_with_its_labels(tmp_path):
     assert saved_network_spec(tmp_path / "model.pt", LABELS).arguments["feature_size"] == 12
     with pytest.raises(SpecMismatchError, match="the data's labels .* are not the network's"):
         saved_network_spec(tmp_path / "model.pt", {0: "background", 1: "spleen"})
+    # label maps: the same indices under other names (BTCV's dataset_0.json abbreviates "rkid") evaluate by index
+    abbreviated = {index: name[:4] for index, name in LABELS.items()}
+    assert saved_network_spec(tmp_path / "model.pt", abbreviated, match="indices").channel_def == LABELS
+    with pytest.raises(SpecMismatchError):
+        saved_network_spec(tmp_path / "model.pt", {0: "background", 1: "spleen"}, match="indices")
     torch.save(torch.load(tmp_path / "model.pt", weights_only=True)["model"], tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="carries no network_spec"):
         saved_network_spec(tmp_path / "plain.pt")

@@ -101,6 +101,11 @@ def test_statistics_are_cached_on_disk_by_the_sampled_files(tmp_path, counted_re
         Image.fromarray(np.zeros((3, 3), np.uint8), mode="L").save(path)
     intensity_statistics(items, samples=3, cache_dir=cache)
     assert len(counted_reads) == 3
+    # a distributed run's other processes read the cache but leave a missing one to the first
+    assert intensity_statistics(items, samples=3, cache_dir=cache, write_cache=False) and len(counted_reads) == 3
+    other = tmp_path / "other_cache"
+    intensity_statistics(items, samples=2, cache_dir=other, write_cache=False)
+    assert len(counted_reads) == 4 and not other.exists()
 
 
 def test_normalisation_names_and_pairs(tmp_path, counted_reads):

@@ -86,9 +86,10 @@ class PerCaseMetrics:
         save_dir: the folder of the CSV (created).
         channel_def: the task's labels, output index -> name.
         metrics: short name -> the engine's metric holding the per-case values, e.g. :data:`REPORTED`.
-        class_means: the short names whose per-class means go into ``engine.state.metrics``, as one dict entry
-            ``val_class_<short name>`` (flattened by MLflow into ``val_<short name>_<n>``); Dice's are already there
-            when the evaluator computes MONAI's ``MeanDice(reduction="mean_batch", return_with_label=...)``.
+        class_means: the short names whose per-class means go into ``engine.state.metrics`` as scalars
+            ``val_<short name>_<n>`` (so MLflow and a caller reading the state see the same names); Dice's are
+            already there when the evaluator computes MONAI's ``MeanDice(reduction="mean_batch",
+            return_with_label=...)``.
         filename: the CSV's name.
     """
 
@@ -126,7 +127,7 @@ class PerCaseMetrics:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 means = np.nanmean(per_case, axis=1, keepdims=True)
                 if short in self.class_means:
-                    engine.state.metrics[f"val_class_{short}"] = dict(zip(names, np.nanmean(per_case, 0).tolist()))
+                    engine.state.metrics.update(zip(names, np.nanmean(per_case, 0).tolist()))
             columns += [*names, metric]
             values.append(np.concatenate([per_case, means], axis=1))
         if idist.get_rank() > 0:

@@ -157,12 +157,15 @@ def saved_spec_state(path: str | Path) -> Mapping[str, Any] | None:
     return checkpoint.get(SPEC_KEY) if isinstance(checkpoint, Mapping) else None
 
 
-def saved_network_spec(path: str | Path, channel_def: Mapping | None = None) -> NetworkSpec:
+def saved_network_spec(path: str | Path, channel_def: Mapping | None = None, match: str = "names") -> NetworkSpec:
     """The spec saved in the checkpoint at ``path``: evaluation rebuilds the trained network and its preprocessing.
 
     Args:
         path: the checkpoint.
         channel_def: the labels of the data it is evaluated on, which must be the network's.
+        match: what of ``channel_def`` must equal the network's: ``"names"`` (index and name: classes, whose names
+            are what the data says) or ``"indices"`` (label maps, whose voxels hold the indices; the names are the
+            network's, e.g. a preset's full names for a ``dataset.json`` that abbreviates them).
 
     Raises:
         ValueError: ``path`` carries no spec (a plain state dict).
@@ -175,7 +178,8 @@ def saved_network_spec(path: str | Path, channel_def: Mapping | None = None) -> 
             " preprocessing from the checkpoint, so evaluate weights that this bundle's training saved"
         )
     spec = spec_from_state(state, str(path))
-    if channel_def is not None and plain_values(channel_def) != spec.channel_def:
+    data = None if channel_def is None else plain_values(channel_def)
+    if data is not None and (sorted(data) != sorted(spec.channel_def) if match == "indices" else data != spec.channel_def):
         raise SpecMismatchError(
             f"the data's labels {plain_values(channel_def)} are not the network's {spec.channel_def} ({path})"
         )

@@ -120,6 +120,7 @@ def intensity_statistics(
     samples: int | None = None,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    write_cache: bool = True,
 ) -> tuple[float, float]:
     """Mean and standard deviation of every pixel of the slices of ``items``, as loaded for training (``[0, 1]``).
 
@@ -140,6 +141,8 @@ def intensity_statistics(
         samples: read this many slices; None, or at least ``len(items)``: all of them (the exact statistics).
         seed: the seed of the sample.
         cache_dir: the folder of the cache file (created); None: cache in memory only.
+        write_cache: write the cache file when it is missing (False: only read it; the processes of a distributed
+            run other than the first).
 
     Returns:
         ``(mean, std)``, the population standard deviation.
@@ -164,6 +167,8 @@ def intensity_statistics(
         cached = json.loads(path.read_text())
         return cached["mean"], cached["std"]
     mean, std = _read_statistics(files)
+    if not write_cache:
+        return mean, std
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write it at once
     partial.write_text(json.dumps({"mean": mean, "std": std, "slices": len(files)}, indent=4) + "\n")
@@ -191,6 +196,7 @@ def normalisation_statistics(
     items: Sequence[dict],
     samples: int | None = 1000,
     cache_dir: str | os.PathLike | None = None,
+    write_cache: bool = True,
 ) -> list[float] | None:
     """The ``[mean, std]`` a pre-training pipeline normalises its slices with, by the recipe's ``normalisation``.
 
@@ -200,7 +206,7 @@ def normalisation_statistics(
             ``"imagenet"``: :data:`IMAGENET_GREY_INTENSITY`, ImageNet's normalisation of the official SparK code on
             one grey channel; ``"none"``: no normalisation; or a ``[mean, std]`` pair (e.g. the official contrastive
             code's fixed 0.1806 / 0.1907).
-        items, samples, cache_dir: as :func:`intensity_statistics` (read only for ``"dataset"``).
+        items, samples, cache_dir, write_cache: as :func:`intensity_statistics` (read only for ``"dataset"``).
 
     Returns:
         ``[mean, std]`` as plain floats (what a checkpoint's ``network_spec`` and MLflow record), or None.
@@ -217,7 +223,8 @@ def normalisation_statistics(
             return None
         if normalisation == "imagenet":
             return list(IMAGENET_GREY_INTENSITY)
-        return [float(value) for value in intensity_statistics(items, samples=samples, cache_dir=cache_dir)]
+        return [float(value) for value in intensity_statistics(items, samples=samples, cache_dir=cache_dir,
+                                                                       write_cache=write_cache)]
     pair = [float(value) for value in normalisation]
     if len(pair) != 2 or not pair[1] > 0:
         raise ValueError(f"normalisation must be a name of {NORMALISATIONS} or [mean, std > 0], got {normalisation!r}")
