@@ -16,11 +16,12 @@ SMOKE_SETTINGS = {"epoch_length": 1}
 
 def saved_network(bundle: Path, path: Path, settings: dict, *overlays: str) -> torch.nn.Module:
     """The network (a pre-training bundle's method) that ``train.json`` merged with the ``overlays`` (e.g.
-    ``smoke.json``) under ``settings`` builds, its random weights saved to ``path`` with its spec."""
+    ``smoke.json``) under ``settings`` builds, its random weights saved to ``path`` with its spec. The bundle's
+    outputs (a 2D bundle caches its slices' intensity statistics) go beside ``path``, not into the repository."""
     parser = ConfigParser()
     parser.read_meta(str(bundle / "configs" / "metadata.json"))
     parser.read_config([str(bundle / "configs" / name) for name in ("train.json", *overlays)])
-    parser.update({"bundle_root": str(bundle), **settings})
+    parser.update({"bundle_root": str(bundle), "output_dir": str(path.parent / "eval"), **settings})
     spec = parser.get_parsed_content("network_spec")
     network = spec.build()
     torch.save({"model": network.state_dict(), SPEC_KEY: spec.state_dict()}, path)
