@@ -28,6 +28,7 @@ from common.networks import (
     segmentation_network,
 )
 from common.networks.mae_decoder import MAEDecoder
+from common.networks.spec import SPEC_KEY, spec_from_state
 from common.transfer import load_pretrained, pretrained_encoder_setting
 from module_runner import run_module
 from tools.checkpoint_sources import sincos_check
@@ -366,6 +367,11 @@ def test_2d_study_release_converts_into_the_resnet_encoder(tmp_path, source):
     assert set(report.dropped) == dropped[source]
     if source == "moco2d":
         assert converted["queue.keys"].equal(release["queue"].t()) and converted["queue.pointer"].item() == 64
+    # the release's input normalisation travels with it (ImageNet's for SparK, the study's fixed LIDC statistics for
+    # the contrastive methods), not statistics of whatever data the bundle's default points to
+    spec = spec_from_state(torch.load(out, weights_only=True)[SPEC_KEY], str(out))
+    expected = [0.449, 0.226] if source == "spark2d" else [0.1806, 0.1907]
+    assert spec.preprocessing["intensity"] == pytest.approx(expected)
 
 
 def test_a_release_of_other_sizes_is_refused_with_the_shapes(tmp_path):

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from common.layers import sincos_position_embedding
+from common.transforms.slices import IMAGENET_GREY_INTENSITY
 
 # A value transform: (release tensor, the tensor of the method it replaces, the whole release state) -> new value.
 Transform = Callable[[torch.Tensor, torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
@@ -112,6 +113,8 @@ class Source:
             (``"student"``, ``"module"``).
         required: name prefix of the method's tensors that the release must provide in full (the encoder: what
             the downstream bundles load with ``--pretrained``).
+        settings: ``train.json`` values the release was trained with that its converted ``network_spec`` must carry
+            (``(id, value)`` pairs): the 2D releases' input normalisation, which inference repeats.
     """
 
     name: str
@@ -121,6 +124,7 @@ class Source:
     dropped: tuple[Dropped, ...] = ()
     container: str | None = None
     required: str = "encoder."
+    settings: tuple[tuple[str, object], ...] = ()
 
     def rename(self, name: str) -> tuple[Rule, str] | None:
         """The first rule that applies to the release name ``name`` and the new name, or ``None``."""
@@ -295,6 +299,10 @@ GLMAE = Source(
     container="student",
 )
 
+# The contrastive releases' input normalisation: the study's fixed mean / std of its LIDC slices (moco2_module.py
+# l. 41-42, byol_module.py l. 22-23, multicropdataset.py l. 48-50).
+STUDY_INTENSITY = (0.1806, 0.1907)
+
 SPARK2D = Source(
     name="spark2d",
     bundle="spark2d_pretrain",
@@ -302,6 +310,7 @@ SPARK2D = Source(
     rules=resnet("", "encoder."),
     dropped=(Dropped(r"fc\.", "the ImageNet classifier of the timm / torchvision ResNet, which SparK never trains"),),
     container="module",
+    settings=(("intensity", list(IMAGENET_GREY_INTENSITY)),),  # Masked_Autoencoder/utils/imagenet.py l. 65
 )
 
 MOCO2D = Source(
@@ -319,6 +328,7 @@ MOCO2D = Source(
         Rule(r"queue_ptr$", "queue.pointer", scalar),
     ),
     dropped=(Dropped(r"val_queue(_ptr)?$", "lightning-bolts' dictionary of validation keys, never used in training"),),
+    settings=(("intensity", list(STUDY_INTENSITY)),),
 )
 
 BYOL2D = Source(
@@ -338,6 +348,7 @@ BYOL2D = Source(
             "lightning-bolts copies the whole online arm into the target network, whose predictor BYOL never uses",
         ),
     ),
+    settings=(("intensity", list(STUDY_INTENSITY)),),
 )
 
 SWAV2D = Source(
@@ -349,6 +360,7 @@ SWAV2D = Source(
         prefix("model.prototypes.", "prototypes."),
         *resnet("model.", "encoder."),
     ),
+    settings=(("intensity", list(STUDY_INTENSITY)),),
 )
 
 SOURCES: dict[str, Source] = {s.name: s for s in (HYSPARK, MIM, GLMAE, SPARK2D, MOCO2D, BYOL2D, SWAV2D)}

@@ -18,7 +18,9 @@ method's ``network_spec`` (:func:`common.methods.method_spec`). Downstream bundl
 (:func:`common.transfer.load_pretrained`), their encoder built at the release's sizes on any machine
 (:func:`common.transfer.pretrained_encoder_setting`); it is not a complete pre-training state to resume from. The
 method is the bundle's ``configs/train.json`` ``network_spec`` at paper scale (``cpu_demo_scale`` false); a release of
-other sizes needs ``--overrides`` of ids of that config, e.g. ``--overrides "{'depth': 18}"``.
+other sizes needs ``--overrides`` of ids of that config, e.g. ``--overrides "{'depth': 18}"``. A 2D release's spec
+carries the input normalisation it was trained with (:attr:`tools.checkpoint_sources.Source.settings`: ImageNet's for
+SparK, the study's fixed 0.1806 / 0.1907 for MoCo v2, BYOL and SwAV), which inference and fine-tuning repeat.
 
 =========  =================  ==========================================================================================
 source     into               release layout (``module.`` prefixes of DistributedDataParallel are stripped first)
@@ -323,7 +325,8 @@ def convert_checkpoint(
     if output_path.exists() and not overwrite:
         raise FileExistsError(f"{output_path} exists; pass --overwrite to replace it")
     release = release_state(load_release(input_path, trust_pickle), layout, input_path)
-    method_spec = train_json_spec(BUNDLES_DIR / layout.bundle, overrides or {}, PINNED_CONFIG)
+    settings = {**dict(layout.settings), **(overrides or {})}  # the release's normalisation, then the user's
+    method_spec = train_json_spec(BUNDLES_DIR / layout.bundle, settings, PINNED_CONFIG)
     method = method_spec.build()
     converted, report = convert_state(layout, release, method.state_dict(), type(method).__name__)
     logger.info("%s: %s", input_path, report.summary())
