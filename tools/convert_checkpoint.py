@@ -20,7 +20,7 @@ method's ``network_spec`` (:func:`common.methods.method_spec`). Downstream bundl
 method is the bundle's ``configs/train.json`` ``network_spec`` at paper scale (``cpu_demo_scale`` false); a release of
 other sizes needs ``--overrides`` of ids of that config, e.g. ``--overrides "{'depth': 18}"``. A 2D release's spec
 carries the input normalisation it was trained with (:attr:`tools.checkpoint_sources.Source.settings`: ImageNet's for
-SparK, the study's fixed 0.1806 / 0.1907 for MoCo v2, BYOL and SwAV), which inference and fine-tuning repeat.
+SparK, the study's fixed 0.1806 / 0.1907 for MoCo v2, BYOL and SwAV), which the bundle's ``inference.json`` repeats.
 
 =========  =================  ==========================================================================================
 source     into               release layout (``module.`` prefixes of DistributedDataParallel are stripped first)
