@@ -20,18 +20,19 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def recipe_settings(recipes: Mapping[str, Mapping[str, Any]], recipe: str) -> dict[str, Any]:
-    """The settings of ``recipe`` in a bundle's ``recipes`` table.
+def recipe_settings(recipes: Mapping[str, Mapping[str, Any]], recipe: str, kind: str = "recipe") -> dict[str, Any]:
+    """The settings of ``recipe`` in a bundle's ``recipes`` table (or another table of named presets, e.g. the
+    segmentation tasks of :func:`common.data.task_settings`, named ``kind`` in the messages).
 
     Raises:
-        ValueError: ``recipe`` is not in the table (the message lists those that are); or the recipes do not set
-            the same keys (a key only some recipes set would silently keep another recipe's value).
+        ValueError: ``recipe`` is not in the table (the message lists those that are); or the entries do not set
+            the same keys (a key only some set would silently keep another entry's value).
     """
     if recipe not in recipes:
-        raise ValueError(f"unknown recipe {recipe!r}; this bundle's recipes are {sorted(recipes)} (--recipe NAME)")
+        raise ValueError(f"unknown {kind} {recipe!r}; this bundle's {kind}s are {sorted(recipes)} (--{kind} NAME)")
     keys = {name: set(settings) for name, settings in recipes.items()}
     expected = keys[recipe]
     differing = {name: sorted(expected ^ names) for name, names in keys.items() if names != expected}
     if differing:
-        raise ValueError(f"the recipes must set the same keys; these differ from {recipe!r}'s: {differing}")
+        raise ValueError(f"the {kind}s must set the same keys; these differ from {recipe!r}'s: {differing}")
     return dict(recipes[recipe])

@@ -43,13 +43,14 @@ from typing import Any
 
 from common.data.datalist import absolute_path, msd_json_path, read_dataset_json
 from common.data.errors import DatalistError
+from common.recipes import recipe_settings
 
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 # A preset's "labels": the labels the bundle's metadata.json declares (its network_data_format channel_def).
 DECLARED = "declared"
-ZSCORE = "zscore"  # common.transforms.ct.ZSCORE (common.data sits below common.transforms)
+ZSCORE = "zscore"  # the intensity of channels that are not CT (common.transforms.ct.intensity_transform)
 PRESET_KEYS = ("labels", "modality", "window", "pixdim", "roi_size", "max_epochs", "source")
 DEFAULT_MODALITY = {"0": "CT"}
 MAX_LOGGED_LABELS = 16
@@ -168,14 +169,12 @@ def is_ct(channel: str) -> bool:
 
 
 def _preset(tasks: Mapping[str, Mapping[str, Any]], task: str) -> Mapping[str, Any]:
-    """The preset ``task`` of ``tasks``, after checking that every preset sets :data:`PRESET_KEYS`."""
-    if task not in tasks:
-        raise ValueError(f"unknown task {task!r}; this bundle's tasks are {sorted(tasks)} (--task NAME)")
-    differing = {name: sorted(set(PRESET_KEYS) ^ set(preset)) for name, preset in tasks.items()
-                 if set(preset) != set(PRESET_KEYS)}
-    if differing:
-        raise ValueError(f"every task must set exactly {list(PRESET_KEYS)}; these differ: {differing}")
-    return tasks[task]
+    """The preset ``task`` of ``tasks`` (:func:`common.recipes.recipe_settings`: every preset sets the same keys),
+    which must be :data:`PRESET_KEYS`."""
+    preset = recipe_settings(tasks, task, kind="task")
+    if set(preset) != set(PRESET_KEYS):
+        raise ValueError(f"every task must set exactly {list(PRESET_KEYS)}; they set {sorted(preset)}")
+    return preset
 
 
 def _modality(preset: Mapping[str, Any], task: str, data: dict[str, str] | None, where: str) -> dict[str, str]:

@@ -130,13 +130,18 @@ class PerCaseMetrics:
                     engine.state.metrics.update(zip(names, np.nanmean(per_case, 0).tolist()))
             columns += [*names, metric]
             values.append(np.concatenate([per_case, means], axis=1))
+        cases = self.cases
+        if idist.get_world_size() > 1:  # MONAI gathers the per-case values rank by rank: the names likewise
+            cases = [name for names in idist.all_gather("\n".join(self.cases)) for name in names.split("\n") if name]
+        if len(cases) != len(values[0]):
+            raise RuntimeError(f"{len(values[0])} per-case values but {len(cases)} case names; cannot write {self.path}")
         if idist.get_rank() > 0:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w", newline="") as file:
             writer = csv.writer(file)
             writer.writerow(["case", *columns])
-            for case, row in zip(self.cases, np.concatenate(values, axis=1).tolist()):
+            for case, row in zip(cases, np.concatenate(values, axis=1).tolist()):
                 writer.writerow([case, *(f"{value:.6g}" for value in row)])
-        logger.info("per-case metrics of %d cases: %s", len(self.cases), self.path)
+        logger.info("per-case metrics of %d cases: %s", len(cases), self.path)
 

@@ -36,6 +36,7 @@ from monai.transforms import (
     Spacingd,
 )
 
+from common.data.tasks import ZSCORE
 from common.transforms.checks import checked_loader
 
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -45,8 +46,6 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
     "brain": (40.0 - 80.0 / 2, 40.0 + 80.0 / 2),
     "bone": (500.0 - 2000.0 / 2, 500.0 + 2000.0 / 2),
 }
-# The intensity setting of images that are not CT: per-channel z-score over the non-zero voxels.
-ZSCORE = "zscore"
 
 
 def ct_window(keys: str | Sequence[str], preset: str = "abdomen") -> ScaleIntensityRanged:
